@@ -1,0 +1,110 @@
+"""Orbax checkpoints in `WORKDIR/checkpoints`: save, resume, restore for evaluation.
+
+Each checkpoint `checkpoints/<step>/` holds two items:
+
+* `state`: the train state pytree (step, params, optimizer state, RNG key). The data
+  position is the step itself, since the batch order is a pure function of
+  (seed, step).
+* `meta`: JSON with the epoch, step and validation metrics at save time.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
+kill during a write leaves the previous checkpoints intact and the partial one is never
+listed (and is removed at the next start). Saves are asynchronous; `wait()` surfaces any
+error from a background save.
+"""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from mnist_jax.errors import WorkdirError
+
+BEST_METRIC = "val_accuracy"
+
+
+class CheckpointStore:
+  """Keeps the latest `keep` checkpoints plus the best one by validation accuracy."""
+
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policy = ocm.AnyPreservationPolicy([
+        ocm.LatestN(n=keep),
+        ocm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda m: m[BEST_METRIC],
+        best_mode="max",
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=True,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"))
+
+  def steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the highest validation accuracy (None if none has metrics)."""
+    return self.manager.best_step()
+
+  def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None,
+           force: bool = False) -> None:
+    """Starts an asynchronous save; raises if an earlier background save failed."""
+    self.manager.check_for_errors()
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                meta=ocp.args.JsonSave(meta)),
+        metrics=metrics,
+        force=force,
+    )
+
+  def resolve_step(self, which: str | int) -> int:
+    """Turns 'latest', 'best' or a step number into an existing step.
+
+    Raises:
+      WorkdirError: no checkpoints, or no checkpoint at that step.
+    """
+    steps = self.steps()
+    if not steps:
+      raise WorkdirError(f"no checkpoint in {self.directory}; train first "
+                         f"(python -m mnist_jax.main --config=... --workdir=...).")
+    if which == "latest":
+      return self.latest_step()
+    if which == "best":
+      best = self.best_step()
+      return best if best is not None else self.latest_step()
+    try:
+      step = int(which)
+    except (TypeError, ValueError):
+      raise WorkdirError(f"--checkpoint={which!r} is not 'latest', 'best' or a step "
+                         f"number.") from None
+    if step not in steps:
+      raise WorkdirError(f"no checkpoint at step {step} in {self.directory}; "
+                         f"available steps: {', '.join(map(str, sorted(steps)))}.")
+    return step
+
+  def restore(self, step: int, target_state: Any) -> tuple[Any, dict]:
+    """Restores (state, meta) at `step`, shaped and sharded like `target_state`."""
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state),
+                                meta=ocp.args.JsonRestore()))
+    return restored.state, dict(restored.meta)
+
+  def wait(self) -> None:
+    """Blocks until background saves finish; raises the error of a failed one."""
+    self.manager.wait_until_finished()
+    self.manager.check_for_errors()
+
+  def close(self) -> None:
+    self.manager.close()

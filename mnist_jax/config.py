@@ -1,0 +1,239 @@
+"""The base config: every key the library reads, with its default, and validation.
+
+Experiments in `experiments/` call `get_config()` and override a few fields. On the
+command line any field can be overridden, e.g. `--config.num_epochs=1
+--config.model.hidden_size=64`; the config is locked, so a misspelt key is an error.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from mnist_jax.errors import ConfigError
+
+# Environment variable naming a folder laid out like `../shared/data`
+# (`<folder>/mnist/*.gz`, `<folder>/fashion_mnist/*.gz`).
+MANUAL_DIR_ENV = "MNIST_JAX_MANUAL_DIR"
+
+DATASETS = ("mnist", "fashion_mnist")
+SEQUENCE_MODES = ("rows", "pixels", "permuted_pixels")
+PERMUTATIONS = ("random", "bit_reversal")
+READOUTS = ("last", "mean", "max")
+ACTIVATIONS = ("tanh", "relu")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+EVAL_CHECKPOINTS = ("best", "latest")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the base config. Defaults are the seed notebook's LSTM recipe."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameters, dropout, batch order and augmentation.
+  config.num_epochs = 10  # Passes over the training split.
+  config.batch_size = 100  # Global training batch (summed over all devices).
+  config.eval_batch_size = 1000  # Batch for validation/test; the last one is padded.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "mnist"  # One of DATASETS (tfds names).
+  # Folder holding the dataset's four canonical .gz files. None: $MNIST_JAX_MANUAL_DIR/
+  # <data.name> when that variable is set, else tfds downloads as usual.
+  data.manual_dir = config_dict.placeholder(str)
+  data.tfds_dir = config_dict.placeholder(str)  # tfds data_dir. None: tfds' default.
+  data.validation_size = 5000  # Held out from the head of tfds' train split.
+  data.sequence = "rows"  # rows: 28 x 28; pixels: 784 x 1; permuted_pixels: 784 x 1.
+  # permuted_pixels only: "random" (from permutation_seed) or "bit_reversal".
+  data.permutation = config_dict.placeholder(str)
+  data.permutation_seed = config_dict.placeholder(int)  # "random" only; default 0.
+  data.standardize = False  # Subtract the train mean, divide by the std (after /255).
+  data.resize = config_dict.placeholder(int)  # Resize images to N x N before sequencing.
+  data.augment_max_shift = 0  # Random translation by up to this many pixels (train).
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "lstm"  # A recurrent cell in the registry, `mnist_jax.models.CELLS`.
+  model.hidden_size = 100  # Units per direction in each recurrent layer.
+  model.num_layers = 1  # Stacked recurrent layers.
+  model.bidirectional = False  # Add a time-reversed layer beside each forward one.
+  model.dropout = 0.0  # Dropout on each layer's output (between layers, before readout).
+  model.readout = "last"  # last: final step; mean / max: pooled over time.
+  model.activation = "tanh"  # simple_rnn only: tanh or relu.
+  model.unroll = 1  # Time steps per iteration of the compiled scan loop.
+  model.num_classes = 10
+
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = "adam"  # One of OPTIMIZERS.
+  opt.learning_rate = 1e-3  # Peak learning rate.
+  opt.schedule = "constant"  # One of SCHEDULES.
+  opt.warmup_epochs = 0.0  # warmup_cosine: linear warmup length; onecycle: peak position.
+  opt.end_learning_rate_factor = 0.0  # cosine schedules end at lr * this factor.
+  opt.weight_decay = 0.0  # adamw only (decoupled).
+  opt.momentum = 0.9  # sgd only (Nesterov).
+  opt.grad_clip_norm = config_dict.placeholder(float)  # Clip by global norm if set.
+  opt.label_smoothing = 0.0
+
+  config.checkpoint_every_steps = config_dict.placeholder(int)  # Also mid-epoch if set.
+  config.keep_checkpoints = 3  # The latest N checkpoints are kept, plus the best one.
+  config.eval_checkpoint = "best"  # Which checkpoint the final test evaluation uses.
+  config.early_stopping_patience = config_dict.placeholder(int)  # Epochs w/o val gain.
+  config.log_every_steps = 100  # Training metrics and progress line period.
+  config.max_train_examples = config_dict.placeholder(int)  # Subset for smoke tests.
+  config.max_eval_examples = config_dict.placeholder(int)  # Subset for smoke tests.
+  return config
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills defaults that depend on other fields or the environment, then validates.
+
+  Args:
+    config: a config from `get_config()` (possibly overridden).
+
+  Returns:
+    A new, locked config that `validate` accepts.
+
+  Raises:
+    ConfigError: if any field is invalid.
+  """
+  config = config_dict.ConfigDict(config.to_dict())  # Copy: never mutate the caller's.
+  data = config.data
+  if data.manual_dir is None and os.environ.get(MANUAL_DIR_ENV):
+    candidate = os.path.join(os.environ[MANUAL_DIR_ENV], data.name)
+    if os.path.isdir(candidate):
+      data.manual_dir = os.path.abspath(candidate)
+  if data.manual_dir is not None:
+    data.manual_dir = os.path.abspath(os.path.expanduser(data.manual_dir))
+  if data.tfds_dir is not None:
+    data.tfds_dir = os.path.abspath(os.path.expanduser(data.tfds_dir))
+  if data.sequence == "permuted_pixels":
+    if data.permutation is None:
+      data.permutation = "random"
+    if data.permutation == "random" and data.permutation_seed is None:
+      data.permutation_seed = 0
+  validate(config)
+  config.lock()
+  return config
+
+
+def _choice(value: Any, name: str, choices) -> None:
+  if value not in choices:
+    raise ConfigError(
+        f"config.{name}={value!r} is not valid; choose one of: {', '.join(choices)}.")
+
+
+def _positive(value: Any, name: str, kind=(int,), allow_zero: bool = False) -> None:
+  ok = isinstance(value, kind) and not isinstance(value, bool)
+  if ok:
+    ok = value >= 0 if allow_zero else value > 0
+  if not ok:
+    what = "a non-negative" if allow_zero else "a positive"
+    type_name = "integer" if kind == (int,) else "number"
+    raise ConfigError(f"config.{name}={value!r} must be {what} {type_name}.")
+
+
+_NUMBER = (int, float)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field before any work starts.
+
+  Raises:
+    ConfigError: naming the first invalid field and what would be valid.
+  """
+  from mnist_jax import models  # Local import: models depend on nothing here.
+
+  _positive(config.num_epochs, "num_epochs")
+  _positive(config.batch_size, "batch_size")
+  _positive(config.eval_batch_size, "eval_batch_size")
+  _positive(config.log_every_steps, "log_every_steps")
+  _positive(config.keep_checkpoints, "keep_checkpoints")
+  if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+    raise ConfigError(f"config.seed={config.seed!r} must be an integer.")
+  for name in ("checkpoint_every_steps", "early_stopping_patience",
+               "max_train_examples", "max_eval_examples"):
+    if config[name] is not None:
+      _positive(config[name], name)
+  _choice(config.eval_checkpoint, "eval_checkpoint", EVAL_CHECKPOINTS)
+
+  data = config.data
+  _choice(data.name, "data.name", DATASETS)
+  _choice(data.sequence, "data.sequence", SEQUENCE_MODES)
+  _positive(data.validation_size, "data.validation_size", allow_zero=True)
+  _positive(data.augment_max_shift, "data.augment_max_shift", allow_zero=True)
+  if data.augment_max_shift > 13:
+    raise ConfigError("config.data.augment_max_shift must be at most 13 pixels.")
+  if data.resize is not None:
+    _positive(data.resize, "data.resize")
+  if data.sequence == "permuted_pixels":
+    _choice(data.permutation, "data.permutation", PERMUTATIONS)
+    if data.permutation == "bit_reversal" and data.permutation_seed is not None:
+      raise ConfigError("config.data.permutation_seed is only used by "
+                        "data.permutation='random'; unset it for bit_reversal.")
+    if data.permutation == "bit_reversal" and data.resize is not None:
+      raise ConfigError("data.permutation='bit_reversal' needs the 28 x 28 images; "
+                        "unset data.resize.")
+  else:
+    if data.permutation is not None or data.permutation_seed is not None:
+      raise ConfigError(
+          f"config.data.permutation/permutation_seed only apply to "
+          f"data.sequence='permuted_pixels', not {data.sequence!r}; unset them.")
+  if data.manual_dir is not None and not os.path.isdir(data.manual_dir):
+    raise ConfigError(f"config.data.manual_dir={data.manual_dir!r} is not a folder; "
+                      f"point it at the folder holding the dataset's four .gz files.")
+
+  model = config.model
+  _choice(model.name, "model.name", tuple(sorted(models.CELLS)))
+  _positive(model.hidden_size, "model.hidden_size")
+  _positive(model.num_layers, "model.num_layers")
+  _positive(model.unroll, "model.unroll")
+  _positive(model.num_classes, "model.num_classes")
+  if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
+    raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
+  _choice(model.readout, "model.readout", READOUTS)
+  _choice(model.activation, "model.activation", ACTIVATIONS)
+
+  opt = config.optimizer
+  _choice(opt.name, "optimizer.name", OPTIMIZERS)
+  _choice(opt.schedule, "optimizer.schedule", SCHEDULES)
+  _positive(opt.learning_rate, "optimizer.learning_rate", _NUMBER)
+  _positive(opt.warmup_epochs, "optimizer.warmup_epochs", _NUMBER, allow_zero=True)
+  _positive(opt.weight_decay, "optimizer.weight_decay", _NUMBER, allow_zero=True)
+  _positive(opt.end_learning_rate_factor, "optimizer.end_learning_rate_factor",
+            _NUMBER, allow_zero=True)
+  if not isinstance(opt.momentum, _NUMBER) or not 0.0 <= opt.momentum < 1.0:
+    raise ConfigError(f"config.optimizer.momentum={opt.momentum!r} must be in [0, 1).")
+  if not isinstance(opt.label_smoothing, _NUMBER) or not 0 <= opt.label_smoothing < 1:
+    raise ConfigError("config.optimizer.label_smoothing must be in [0, 1).")
+  if opt.grad_clip_norm is not None:
+    _positive(opt.grad_clip_norm, "optimizer.grad_clip_norm", _NUMBER)
+  if opt.warmup_epochs > config.num_epochs:
+    raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} is longer "
+                      f"than num_epochs={config.num_epochs}.")
+  if opt.weight_decay and opt.name != "adamw":
+    raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
+                      "set optimizer.name='adamw' or weight_decay=0.")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Rebuilds a saved config on top of the base one, so new keys get defaults."""
+  saved = json.loads(text)
+  config = get_config()
+  config.unlock()
+
+  def merge(target, values, prefix=""):
+    for key, value in values.items():
+      if key not in target:
+        raise ConfigError(f"saved config has unknown key {prefix}{key}; it was written "
+                          f"by another version of mnist_jax.")
+      if isinstance(value, dict):
+        merge(target[key], value, f"{prefix}{key}.")
+      else:
+        with target.ignore_type():
+          target[key] = value
+
+  merge(config, saved)
+  return config

@@ -1,0 +1,346 @@
+"""MNIST-format data through tensorflow-datasets: preparation, splits, batch order.
+
+* Preparation: tfds builds its dataset from the four canonical .gz files, either
+  downloaded or (offline) from `config.data.manual_dir`, with tfds' own checksums
+  checked. Files in the manual folder are checked first so a bad one is named.
+* Splits: `validation` is the first `validation_size` examples of tfds' train split,
+  `train` the rest, `test` the test split. Each is held in memory as uint8 (MNIST is
+  47 MB) so batches are plain NumPy indexing.
+* Batch order is a pure function of (seed, step): epoch e uses the permutation drawn
+  from `np.random.default_rng([seed, e])`, so a resumed run sees exactly the batches an
+  uninterrupted one would. Each process takes its slice of every global batch.
+* Sequencing (`make_preprocess`) runs on the device inside the jitted steps: uint8
+  [batch, 28, 28] -> float32 [batch, time, features].
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import queue
+import socket
+import struct
+import threading
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax.errors import DataError
+
+IMAGE_SIZE = 28
+_IDX_MAGIC = {"images": 2051, "labels": 2049}
+_DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com",
+                   "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in host memory.
+
+  Attributes:
+    images: uint8 [num_examples, 28, 28].
+    labels: int32 [num_examples].
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+# ----------------------------------------------------------------------------------
+# Preparation.
+# ----------------------------------------------------------------------------------
+def _tfds():
+  import tensorflow_datasets as tfds  # Heavy import (TensorFlow): only when needed.
+  return tfds
+
+
+def check_manual_files(name: str, manual_dir: str) -> None:
+  """Checks the four .gz files against tfds' registered sizes and checksums.
+
+  Raises:
+    DataError: naming the first bad file and what was expected of it.
+  """
+  builder = _tfds().builder(name)
+  hint = (f"Put the canonical {name} files (train-images-idx3-ubyte.gz, "
+          f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+          f"t10k-labels-idx1-ubyte.gz) there, unchanged.")
+  for info in builder.url_infos.values():
+    path = os.path.join(manual_dir, info.filename)
+    kind = "images" if "images" in info.filename else "labels"
+    if not os.path.isfile(path):
+      raise DataError(f"{path} is missing. {hint}")
+    with open(path, "rb") as f:
+      raw = f.read()
+    if raw[:2] != b"\x1f\x8b":
+      raise DataError(f"{path} is not a gzip file (expected the original "
+                      f"{info.filename}). {hint}")
+    try:
+      content = gzip.decompress(raw)
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+      raise DataError(f"{path} is truncated or damaged ({e}); "
+                      f"expected {info.size} bytes, found {len(raw)}. {hint}") from None
+    magic = struct.unpack(">I", content[:4])[0] if len(content) >= 4 else None
+    if magic != _IDX_MAGIC[kind]:
+      raise DataError(f"{path} has IDX magic number {magic}, expected "
+                      f"{_IDX_MAGIC[kind]} for {kind}. {hint}")
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != info.checksum:
+      raise DataError(f"{path} has SHA-256 {digest[:16]}..., expected "
+                      f"{info.checksum[:16]}... (tfds' registered checksum). {hint}")
+
+
+def _network_reachable(host: str, timeout: float = 3.0) -> bool:
+  try:
+    with socket.create_connection((host, 443), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def prepare(data_config):
+  """Returns a prepared tfds builder for `data_config.name`.
+
+  Raises:
+    DataError: bad manual files, or nothing prepared, no manual files and no network.
+  """
+  tfds = _tfds()
+  name = data_config.name
+  builder = tfds.builder(name, data_dir=data_config.tfds_dir)
+  if builder.is_prepared():
+    return builder
+  manual_dir = data_config.manual_dir
+  if manual_dir is not None:
+    check_manual_files(name, manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  else:
+    if not _network_reachable(_DOWNLOAD_HOSTS[name]):
+      raise DataError(
+          f"{name} is not prepared in {builder.data_dir} and its download host "
+          f"cannot be reached. To run offline, point at a folder with the four "
+          f"canonical .gz files: --config.data.manual_dir=DIR, or set "
+          f"MNIST_JAX_MANUAL_DIR to a folder holding {name}/ (e.g. ../shared/data).")
+    download_config = tfds.download.DownloadConfig()
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # tfds raises many types; the message is what matters.
+    raise DataError(f"preparing {name} with tfds failed: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from e
+  return builder
+
+
+def load_splits(config) -> dict[str, Split]:
+  """Prepares the dataset and loads train / validation / test into memory.
+
+  Args:
+    config: the resolved run config (reads `data`, `batch_size`, `max_*_examples`).
+
+  Returns:
+    {"train": Split, "validation": Split, "test": Split}; validation may be empty.
+
+  Raises:
+    DataError, ConfigError: bad files, or split sizes that do not fit the dataset.
+  """
+  from mnist_jax.errors import ConfigError
+
+  builder = prepare(config.data)
+  num_train_total = builder.info.splits["train"].num_examples
+  val_size = config.data.validation_size
+  if val_size >= num_train_total:
+    raise ConfigError(f"config.data.validation_size={val_size} must be smaller than "
+                      f"{config.data.name}'s {num_train_total} training examples.")
+  tfds = _tfds()
+
+  def read(split: str) -> Split:
+    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = np.asarray(arrays["image"], np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return Split(images, np.asarray(arrays["label"], np.int32))
+
+  full_train = read("train")
+  splits = {
+      "validation": Split(full_train.images[:val_size], full_train.labels[:val_size]),
+      "train": Split(full_train.images[val_size:], full_train.labels[val_size:]),
+      "test": read("test"),
+  }
+  if config.max_train_examples:
+    n = config.max_train_examples
+    splits["train"] = Split(splits["train"].images[:n], splits["train"].labels[:n])
+  if config.max_eval_examples:
+    n = config.max_eval_examples
+    for name in ("validation", "test"):
+      splits[name] = Split(splits[name].images[:n], splits[name].labels[:n])
+  if config.batch_size > len(splits["train"]):
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
+                      f"{len(splits['train'])} training examples; lower it.")
+  return splits
+
+
+# ----------------------------------------------------------------------------------
+# Sequences.
+# ----------------------------------------------------------------------------------
+def sequence_length(data_config) -> int:
+  side = data_config.resize or IMAGE_SIZE
+  return side if data_config.sequence == "rows" else side * side
+
+
+def input_shape(data_config) -> tuple[int, int]:
+  """[time, features] of one example."""
+  side = data_config.resize or IMAGE_SIZE
+  return (side, side) if data_config.sequence == "rows" else (side * side, 1)
+
+
+def permutation(data_config) -> np.ndarray | None:
+  """The fixed pixel permutation for `permuted_pixels`, else None.
+
+  `random`: `np.random.default_rng(permutation_seed).permutation(length)`.
+  `bit_reversal`: pixel indices ordered by their bit-reversed 10-bit code.
+  """
+  if data_config.sequence != "permuted_pixels":
+    return None
+  length = sequence_length(data_config)
+  if data_config.permutation == "random":
+    return np.random.default_rng(data_config.permutation_seed).permutation(length)
+  bits = int(np.ceil(np.log2(length)))
+  codes = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(length)]
+  return np.argsort(codes, kind="stable")
+
+
+def make_preprocess(data_config, mean: float = 0.0, std: float = 1.0,
+                    perm: np.ndarray | None = None) -> Callable[[jax.Array], jax.Array]:
+  """Returns a jnp function uint8 [batch, 28, 28] -> float32 [batch, time, features].
+
+  Pixels are scaled to [0, 1], then standardised with (mean, std) if configured.
+  """
+  side = data_config.resize
+  mode = data_config.sequence
+  perm = None if perm is None else jnp.asarray(perm)
+
+  def preprocess(images):
+    x = images.astype(jnp.float32) / 255.0
+    if side is not None and side != IMAGE_SIZE:
+      x = jax.image.resize(x, (x.shape[0], side, side), method="bilinear")
+    if data_config.standardize:
+      x = (x - mean) / std
+    if mode == "rows":
+      return x
+    x = x.reshape(x.shape[0], -1, 1)
+    if perm is not None:
+      x = x[:, perm]
+    return x
+
+  return preprocess
+
+
+def random_shift(rng: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
+  """Translates each image by up to `max_shift` pixels per axis, filling with 0."""
+  if max_shift == 0:
+    return images
+  size = images.shape[-1]
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+  offsets = jax.random.randint(rng, (images.shape[0], 2), 0, 2 * max_shift + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1]), (size, size))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+# ----------------------------------------------------------------------------------
+# Batch order.
+# ----------------------------------------------------------------------------------
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch; the remainder rotates since each epoch reshuffles."""
+  return num_examples // batch_size
+
+
+class TrainOrder:
+  """Global batch indices as a pure function of (seed, step)."""
+
+  def __init__(self, seed: int, num_examples: int, batch_size: int):
+    self.seed = seed
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.steps_per_epoch = steps_per_epoch(num_examples, batch_size)
+    self._cached_epoch = None
+    self._cached_perm = None
+
+  def epoch_permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._cached_epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._cached_perm = rng.permutation(self.num_examples)
+      self._cached_epoch = epoch
+    return self._cached_perm
+
+  def indices(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    return self.epoch_permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+def process_slice(global_size: int) -> slice:
+  """This process's rows of a global batch (processes take equal, contiguous parts)."""
+  local = global_size // jax.process_count()
+  start = jax.process_index() * local
+  return slice(start, start + local)
+
+
+def train_batches(split: Split, order: TrainOrder, start_step: int, end_step: int,
+                  put: Callable[[dict], dict], prefetch: int = 2) -> Iterator[dict]:
+  """Yields device batches for steps [start_step, end_step), prepared in a thread.
+
+  Args:
+    split: the training split.
+    order: the batch order.
+    start_step, end_step: step range.
+    put: places a host batch (this process's rows) on the devices.
+    prefetch: batches prepared ahead.
+  """
+  rows = process_slice(order.batch_size)
+  q: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+
+  def producer():
+    try:
+      for step in range(start_step, end_step):
+        idx = order.indices(step)[rows]
+        batch = put({"image": split.images[idx], "label": split.labels[idx]})
+        while not stop.is_set():
+          try:
+            q.put(batch, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except BaseException as e:  # Surface producer errors in the consumer.
+      q.put(e)
+    q.put(None)
+
+  thread = threading.Thread(target=producer, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is None:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:
+  """Yields every example once, in order; the last batch is padded with mask 0.
+
+  All batches have the same shape, so the eval step compiles once.
+  """
+  n = len(split)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    pad = batch_size - len(idx)
+    mask = np.concatenate([np.ones(len(idx), bool), np.zeros(pad, bool)])
+    idx = np.concatenate([idx, np.zeros(pad, idx.dtype)])
+    yield {"image": split.images[idx], "label": split.labels[idx], "mask": mask}

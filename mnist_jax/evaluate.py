@@ -1,0 +1,176 @@
+"""Evaluation of a checkpoint: classification metrics, files and a readable table.
+
+`evaluate_workdir(workdir, checkpoint, split)` needs nothing but the workdir: it reads
+`config.json`, rebuilds data and model, restores the checkpoint and writes
+
+    WORKDIR/eval/<split>_metrics.json      accuracy, loss, per-class / macro / weighted
+                                           precision, recall, F1, confusion matrix,
+                                           num_examples, checkpoint_step
+    WORKDIR/eval/<split>_predictions.csv   index,label,predicted,prob_0..prob_9
+"""
+
+import csv
+import io
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from mnist_jax import checkpoints
+from mnist_jax import config as config_lib
+from mnist_jax import train as train_lib
+from mnist_jax.errors import WorkdirError
+
+SPLITS = ("test", "validation")
+
+
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
+                           num_classes: int) -> dict:
+  """Accuracy, confusion matrix and precision / recall / F1 (per class, macro, weighted).
+
+  Conventions follow scikit-learn's `precision_recall_fscore_support` with
+  `zero_division=0`: a class never predicted has precision 0, one never present has
+  recall 0; the weighted average weights by each class's number of true examples.
+  """
+  labels = np.asarray(labels, np.int64)
+  predicted = np.asarray(predicted, np.int64)
+  confusion = np.zeros((num_classes, num_classes), np.int64)  # [true, predicted]
+  np.add.at(confusion, (labels, predicted), 1)
+  true_pos = np.diag(confusion).astype(np.float64)
+  predicted_count = confusion.sum(axis=0)
+  support = confusion.sum(axis=1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    precision = np.where(predicted_count > 0, true_pos / predicted_count, 0.0)
+    recall = np.where(support > 0, true_pos / support, 0.0)
+    denom = precision + recall
+    f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+  weights = support / max(support.sum(), 1)
+  return {
+      "accuracy": float(true_pos.sum() / max(len(labels), 1)),
+      "num_examples": int(len(labels)),
+      "precision": {"per_class": precision.tolist(), "macro": float(precision.mean()),
+                    "weighted": float((precision * weights).sum())},
+      "recall": {"per_class": recall.tolist(), "macro": float(recall.mean()),
+                 "weighted": float((recall * weights).sum())},
+      "f1": {"per_class": f1.tolist(), "macro": float(f1.mean()),
+             "weighted": float((f1 * weights).sum())},
+      "support": support.tolist(),
+      "confusion_matrix": confusion.tolist(),
+  }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def format_table(metrics: dict, title: str) -> str:
+  """A plain-text report: per-class precision / recall / F1, averages, confusion."""
+  out = io.StringIO()
+  out.write(f"{title}\n")
+  out.write(f"accuracy {100 * metrics['accuracy']:.2f}%  loss {metrics['loss']:.4f}  "
+            f"examples {metrics['num_examples']}  step {metrics['checkpoint_step']}\n\n")
+  out.write(f"{'class':>8} {'precision':>10} {'recall':>10} {'f1':>10} {'support':>8}\n")
+  p, r, f = metrics["precision"], metrics["recall"], metrics["f1"]
+  for c, support in enumerate(metrics["support"]):
+    out.write(f"{c:>8} {p['per_class'][c]:>10.4f} {r['per_class'][c]:>10.4f} "
+              f"{f['per_class'][c]:>10.4f} {support:>8}\n")
+  for avg in ("macro", "weighted"):
+    out.write(f"{avg:>8} {p[avg]:>10.4f} {r[avg]:>10.4f} {f[avg]:>10.4f} "
+              f"{metrics['num_examples']:>8}\n")
+  out.write("\nconfusion matrix (rows: true, columns: predicted)\n")
+  matrix = metrics["confusion_matrix"]
+  out.write("     " + "".join(f"{c:>6}" for c in range(len(matrix))) + "\n")
+  for c, row in enumerate(matrix):
+    out.write(f"{c:>5}" + "".join(f"{v:>6}" for v in row) + "\n")
+  return out.getvalue()
+
+
+def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
+                  probabilities: np.ndarray) -> tuple[str, str]:
+  """Writes `<split>_metrics.json` and `<split>_predictions.csv` atomically."""
+  eval_dir = os.path.join(workdir, "eval")
+  os.makedirs(eval_dir, exist_ok=True)
+  metrics_path = os.path.join(eval_dir, f"{split}_metrics.json")
+  csv_path = os.path.join(eval_dir, f"{split}_predictions.csv")
+  import json
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(["index", "label", "predicted"] +
+                  [f"prob_{c}" for c in range(probabilities.shape[1])])
+  predicted = probabilities.argmax(-1)
+  for i, (label, pred, probs) in enumerate(zip(labels, predicted, probabilities)):
+    writer.writerow([i, int(label), int(pred)] + [f"{p:.6g}" for p in probs])
+  train_lib.write_atomic(csv_path, buf.getvalue())
+  train_lib.write_atomic(metrics_path, json.dumps(metrics, indent=2))
+  return metrics_path, csv_path
+
+
+def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
+                     split: str = "test") -> dict:
+  """Restores a checkpoint from `workdir` and evaluates it on every example of `split`.
+
+  Args:
+    workdir: a training workdir (holds config.json and checkpoints/).
+    checkpoint: "best" (by validation accuracy), "latest" or a step number.
+    split: "test" or "validation".
+
+  Returns:
+    The metrics dict written to `eval/<split>_metrics.json`.
+
+  Raises:
+    WorkdirError: no such workdir, checkpoint or split.
+  """
+  if split not in SPLITS:
+    raise WorkdirError(f"--split={split!r} is not one of: {', '.join(SPLITS)}.")
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} does not exist.")
+  config = config_lib.resolve(train_lib.load_workdir_config(workdir))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first.")
+  store = checkpoints.CheckpointStore(ckpt_dir, read_only=True)
+  step = store.resolve_step(checkpoint)
+
+  placement = train_lib.Placement()
+  splits, preprocess = train_lib.data_pipeline(config, workdir)
+  if not len(splits[split]):
+    raise WorkdirError(f"the {split} split is empty (data.validation_size=0).")
+  spe = max(len(splits["train"]) // config.batch_size, 1)
+  target = train_lib.create_train_state(config, jax.random.PRNGKey(config.seed), spe)
+  target = jax.device_put(target, placement.replicated)
+  state, _ = store.restore(step, target)
+  store.close()
+
+  eval_step = train_lib.make_eval_step(state.apply_fn, preprocess, placement)
+  logits, losses = train_lib.predict(state.params, eval_step, splits[split],
+                                     config.eval_batch_size, placement)
+  labels = splits[split].labels
+  probabilities = softmax(logits.astype(np.float64))
+  metrics = classification_metrics(labels, probabilities.argmax(-1),
+                                   config.model.num_classes)
+  metrics.update({"loss": float(losses.mean()), "checkpoint_step": int(step),
+                  "split": split, "dataset": config.data.name,
+                  "model": config.model.name})
+  if jax.process_index() == 0:
+    metrics_path, _ = write_results(workdir, split, metrics, labels, probabilities)
+    print(format_table(metrics, f"{config.data.name} {split} | {config.model.name} | "
+                                f"{workdir}"))
+    logging.info("Wrote %s", metrics_path)
+  return metrics
+
+
+def train_and_evaluate(config, workdir: str) -> dict | None:
+  """Trains into `workdir`, then evaluates `config.eval_checkpoint` on the test split.
+
+  The test split is touched only here, once, after model selection on validation.
+  Returns the test metrics, or None when training was stopped by a signal.
+  """
+  result = train_lib.train(config, workdir)
+  if not result["completed"]:
+    print(f"Stopped by {result['stopped_by']} at step {result['step']}; a checkpoint "
+          f"was saved. Resume by running the same command again.")
+    return None
+  return evaluate_workdir(workdir, checkpoint=config.eval_checkpoint, split="test")

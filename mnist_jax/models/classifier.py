@@ -1,0 +1,65 @@
+"""Stacks recurrent layers over a sequence and reads out class logits."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SequenceClassifier(nn.Module):
+  """[batch, time, features] -> logits [batch, num_classes].
+
+  Layer i is `layer{i}_fwd` (and `layer{i}_bwd`, run over reversed time, when
+  bidirectional; their outputs are concatenated to [batch, time, 2 * hidden]). Dropout
+  follows every layer. The readout takes the last step (for the backward direction, the
+  first step, where it has seen the whole sequence), or the mean or max over time, then
+  a Dense layer `head` gives the logits.
+
+  Attributes:
+    cell: a `RecurrentCell` subclass.
+    hidden_size: units per direction.
+    num_layers: stacked layers.
+    bidirectional: add a time-reversed layer beside each forward one.
+    dropout: rate after each layer (training only).
+    readout: "last", "mean" or "max".
+    activation: passed to the cell (SimpleRNN's nonlinearity).
+    unroll: scan unroll factor.
+    num_classes: output size.
+  """
+  cell: Any
+  hidden_size: int
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
+  readout: str = "last"
+  activation: str = "tanh"
+  unroll: int = 1
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+    x = inputs
+    forward = backward = None
+    for i in range(self.num_layers):
+      make = lambda d: self.cell(hidden_size=self.hidden_size, unroll=self.unroll,
+                                 activation=self.activation, name=f"layer{i}_{d}")
+      forward = make("fwd")(x)
+      if self.bidirectional:
+        backward = make("bwd")(x, reverse=True)
+        x = jnp.concatenate([forward, backward], axis=-1)
+      else:
+        x = forward
+      if self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    if self.readout == "last":
+      if self.bidirectional:
+        hidden = self.hidden_size
+        features = jnp.concatenate([x[:, -1, :hidden], x[:, 0, hidden:]], axis=-1)
+      else:
+        features = x[:, -1]
+    elif self.readout == "mean":
+      features = x.mean(axis=1)
+    else:
+      features = x.max(axis=1)
+    return nn.Dense(self.num_classes, name="head")(features)

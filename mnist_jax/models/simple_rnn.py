@@ -1,0 +1,21 @@
+"""Elman recurrent network (Elman, 1990), as Keras' SimpleRNN."""
+
+import flax.linen as nn
+import jax
+
+from mnist_jax.models.base import RecurrentCell
+
+_ACTIVATIONS = {"tanh": jax.numpy.tanh, "relu": jax.nn.relu}
+
+
+class SimpleRNN(RecurrentCell):
+  """Elman RNN layer: [batch, time, features] -> [batch, time, hidden].
+
+      h_t = act(W_x x_t + b + W_h h_{t-1}),   act = tanh or relu (`activation`).
+  """
+  num_gates = 1
+
+  @nn.nowrap
+  def recurrence(self, params, carry, projected):
+    h = _ACTIVATIONS[self.activation](projected + carry @ params["kernel"])
+    return h, h

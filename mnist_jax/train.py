@@ -1,0 +1,476 @@
+"""Train state, the jitted train/eval steps and the training loop.
+
+`train(config, workdir)` trains into a workdir, resuming from its latest checkpoint:
+
+    WORKDIR/config.json          the resolved config (same nesting as the ConfigDict)
+    WORKDIR/metrics.jsonl        one JSON object per logged event (train/val metrics)
+    WORKDIR/tensorboard/         the same metrics as TensorBoard summaries
+    WORKDIR/permutation.npy      the pixel permutation (permuted_pixels only)
+    WORKDIR/checkpoints/<step>/  Orbax checkpoints (see `checkpoints.py`)
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from mnist_jax import checkpoints
+from mnist_jax import config as config_lib
+from mnist_jax import data
+from mnist_jax import models
+from mnist_jax.errors import NonFiniteError, WorkdirError
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the run's base RNG key (per-step keys are folded in)."""
+  rng: jax.Array
+
+
+# ----------------------------------------------------------------------------------
+# Optimizer and state.
+# ----------------------------------------------------------------------------------
+def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
+                                  steps_per_epoch: int,
+                                  num_epochs: int) -> optax.Schedule:
+  total = steps_per_epoch * num_epochs
+  peak = opt.learning_rate
+  end = peak * opt.end_learning_rate_factor
+  warmup = int(opt.warmup_epochs * steps_per_epoch)
+  if opt.schedule == "constant":
+    return optax.constant_schedule(peak)
+  if opt.schedule == "cosine":
+    return optax.cosine_decay_schedule(peak, total, alpha=opt.end_learning_rate_factor)
+  if opt.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=end)
+  # onecycle: warmup_epochs sets where the peak sits (default 30% of training).
+  pct = warmup / total if warmup else 0.3
+  return optax.cosine_onecycle_schedule(total, peak, pct_start=pct)
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+                     num_epochs: int) -> optax.GradientTransformation:
+  lr = create_learning_rate_schedule(opt, steps_per_epoch, num_epochs)
+  if opt.name == "adam":
+    tx = optax.adam(lr)
+  elif opt.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=opt.weight_decay)
+  else:
+    tx = optax.sgd(lr, momentum=opt.momentum, nesterov=True)
+  if opt.grad_clip_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       steps_per_epoch: int) -> TrainState:
+  """Initialises the model and optimizer. `rng` is a raw uint32 key."""
+  model = models.build_model(config.model)
+  params_rng, state_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, *data.input_shape(config.data)), jnp.float32)
+  params = model.init(params_rng, dummy, train=False)["params"]
+  return TrainState.create(
+      apply_fn=model.apply, params=params,
+      tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs),
+      rng=state_rng)
+
+
+# ----------------------------------------------------------------------------------
+# Steps.
+# ----------------------------------------------------------------------------------
+def train_step(state: TrainState, batch: Batch, *,
+               preprocess: Callable[[jax.Array], jax.Array],
+               label_smoothing: float = 0.0,
+               augment_max_shift: int = 0) -> tuple[TrainState, dict]:
+  """One optimizer step on a batch of uint8 images [batch, 28, 28] and labels.
+
+  A step whose loss or gradients are not finite leaves the state unchanged (the
+  caller stops the run); metrics report it in `finite`.
+  """
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  shift_rng, dropout_rng = jax.random.split(step_rng)
+  images = data.random_shift(shift_rng, batch["image"], augment_max_shift)
+  inputs = preprocess(images)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, inputs, train=True,
+                            rngs={"dropout": dropout_rng})
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = state.apply_gradients(grads=grads)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           new_state, state)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "grad_norm": grad_norm,
+      "finite": finite,
+  }
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, apply_fn: Callable,
+              preprocess: Callable[[jax.Array], jax.Array]) -> dict:
+  """Logits [batch, classes] and per-example loss [batch] for a (padded) batch."""
+  logits = apply_fn({"params": params}, preprocess(batch["image"]), train=False)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {"logits": logits, "loss": loss}
+
+
+# ----------------------------------------------------------------------------------
+# Devices.
+# ----------------------------------------------------------------------------------
+class Placement:
+  """A 1-D `data` mesh over all devices: batches sharded, state replicated."""
+
+  def __init__(self):
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch = NamedSharding(self.mesh, P("data"))
+
+  def check_batch_size(self, batch_size: int, name: str) -> None:
+    from mnist_jax.errors import ConfigError
+    n = jax.device_count()
+    if batch_size % n:
+      raise ConfigError(f"config.{name}={batch_size} must be divisible by the "
+                        f"{n} devices of the data mesh; use a multiple of {n}.")
+
+  def put_batch(self, local_batch: dict) -> Batch:
+    return {k: jax.make_array_from_process_local_data(self.batch, v)
+            for k, v in local_batch.items()}
+
+
+def make_eval_step(apply_fn: Callable, preprocess: Callable,
+                   placement: Placement) -> Callable:
+  """`eval_step` jitted for `placement`: (params, batch) -> {logits, loss}."""
+  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, preprocess=preprocess),
+                 in_shardings=(placement.replicated, placement.batch),
+                 out_shardings=placement.replicated)
+
+
+def predict(params: Any, jit_eval_step: Callable, split: data.Split, batch_size: int,
+            placement: Placement) -> tuple[np.ndarray, np.ndarray]:
+  """Logits [n, classes] and losses [n] for every example of `split`, in order.
+
+  The last batch is padded to `batch_size` (one compilation) and the padding dropped.
+  """
+  rows = data.process_slice(batch_size)
+  logits, losses = [], []
+  for batch in data.eval_batches(split, batch_size):
+    mask = batch.pop("mask")
+    out = jit_eval_step(params, placement.put_batch({k: v[rows] for k, v in batch.items()}))
+    out = jax.device_get(out)  # Replicated output: every process has all rows.
+    logits.append(np.asarray(out["logits"])[mask])
+    losses.append(np.asarray(out["loss"])[mask])
+  return np.concatenate(logits), np.concatenate(losses)
+
+
+# ----------------------------------------------------------------------------------
+# Workdir files.
+# ----------------------------------------------------------------------------------
+# Keys that define what a workdir's checkpoints are; a resumed run must match them.
+_IDENTITY_KEYS = ("seed", "batch_size", "model", "data.name", "data.sequence",
+                  "data.resize", "data.permutation", "data.permutation_seed",
+                  "data.validation_size", "data.standardize")
+
+
+def _lookup(d: dict, dotted: str):
+  for part in dotted.split("."):
+    d = d.get(part) if isinstance(d, dict) else None
+  return d
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes via a temporary file and rename, so a kill never leaves half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Creates the workdir, refusing one that holds a different experiment."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  new = config.to_dict()
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    for key in _IDENTITY_KEYS:
+      if _lookup(old, key) != _lookup(new, key):
+        raise WorkdirError(
+            f"{workdir} holds a run with {key}={_lookup(old, key)!r}, not "
+            f"{_lookup(new, key)!r}; use a new --workdir or the original config.")
+  if jax.process_index() == 0:
+    write_atomic(path, config_lib.to_json(config))
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise WorkdirError(f"{workdir} has no config.json; is it a training workdir?")
+  with open(path) as f:
+    return config_lib.from_json(f.read())
+
+
+class MetricWriter:
+  """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    import tensorflow as tf  # Already loaded by tfds; imported here to keep it local.
+    self._tf = tf
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, prefix: str, values: dict, **extra) -> None:
+    if not self.enabled:
+      return
+    record = {"step": step, "split": prefix, **extra,
+              **{k: float(v) for k, v in values.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    with self._summary.as_default(step=step):
+      for k, v in values.items():
+        self._tf.summary.scalar(f"{prefix}/{k}", float(v))
+    self._summary.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._summary.close()
+
+
+# ----------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag checked between steps (preemption notice)."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:  # Second signal: stop now.
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def data_pipeline(config: ml_collections.ConfigDict, workdir: str | None = None):
+  """Loads the splits and builds the on-device preprocessing for `config`.
+
+  With a workdir, the permutation saved there is used (and saved on first use), so
+  a run is evaluated with exactly the sequence order it was trained on.
+  """
+  splits = data.load_splits(config)
+  mean, std = 0.0, 1.0
+  if config.data.standardize:
+    pixels = splits["train"].images.astype(np.float64) / 255.0
+    mean, std = float(pixels.mean()), float(pixels.std())
+  perm = data.permutation(config.data)
+  if perm is not None and workdir is not None:
+    path = os.path.join(workdir, "permutation.npy")
+    if os.path.exists(path):
+      perm = np.load(path)
+    elif jax.process_index() == 0:
+      np.save(path, perm)
+  return splits, data.make_preprocess(config.data, mean, std, perm)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the experiment in `workdir`.
+
+  Args:
+    config: the experiment config (resolved and validated here).
+    workdir: where config, metrics and checkpoints live.
+
+  Returns:
+    {"completed": bool, "step": int, "stopped_by": signal name or None,
+     "best_step": int | None, "val_accuracy": float | None}.
+
+  Raises:
+    UserError subclasses for bad config, data, workdir or non-finite training.
+  """
+  config = config_lib.resolve(config)
+  placement = Placement()
+  placement.check_batch_size(config.batch_size, "batch_size")
+  placement.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  prepare_workdir(config, workdir)
+  splits, preprocess = data_pipeline(config, workdir)
+  train_split = splits["train"]
+  order = data.TrainOrder(config.seed, len(train_split), config.batch_size)
+  spe = order.steps_per_epoch
+  total_steps = spe * config.num_epochs
+
+  state = create_train_state(config, jax.random.PRNGKey(config.seed), spe)
+  state = jax.device_put(state, placement.replicated)
+  store = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                      keep=config.keep_checkpoints)
+  history = {"best_val_accuracy": None, "epochs_since_best": 0}
+  latest = store.latest_step()
+  if latest is not None:
+    state, meta = store.restore(latest, state)
+    history.update(meta.get("history", {}))
+    logging.info("Resumed from checkpoint at step %d (epoch %.2f).", latest,
+                 latest / spe)
+  start_step = int(jax.device_get(state.step))
+
+  jit_train_step = jax.jit(
+      functools.partial(train_step, preprocess=preprocess,
+                        label_smoothing=config.optimizer.label_smoothing,
+                        augment_max_shift=config.data.augment_max_shift),
+      in_shardings=(placement.replicated, placement.batch),
+      out_shardings=(placement.replicated, placement.replicated),
+      donate_argnums=0)
+
+  jit_eval_step = make_eval_step(state.apply_fn, preprocess, placement)
+  writer = MetricWriter(workdir)
+  pending: list[dict] = []  # Device metrics since the last flush (no per-step sync).
+  window_start = time.perf_counter()
+  window_step = start_step
+
+  def flush(step: int) -> None:
+    """Fetches pending metrics; stops the run if any step was not finite."""
+    nonlocal pending, window_start, window_step
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    first_step = step - len(fetched)
+    for i, m in enumerate(fetched):
+      if not bool(m["finite"]):
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {first_step + i + 1} (loss "
+            f"{float(m['loss'])}, grad norm {float(m['grad_norm'])}); the state "
+            f"was not updated and nothing was saved. The last good checkpoint is "
+            f"step {store.latest_step()}. Lower optimizer.learning_rate or set "
+            f"optimizer.grad_clip_norm.")
+    means = {k: float(np.mean([m[k] for m in fetched]))
+             for k in ("loss", "accuracy", "grad_norm")}
+    now = time.perf_counter()
+    rate = (step - window_step) * config.batch_size / max(now - window_start, 1e-9)
+    eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+    writer.write(step, "train", {**means, "examples_per_sec": rate},
+                 epoch=step / spe)
+    logging.info("step %d/%d (epoch %.2f) loss %.4f acc %.2f%% | %s ex/s | ETA %s",
+                 step, total_steps, step / spe, means["loss"],
+                 100 * means["accuracy"], f"{rate:,.0f}", _format_duration(eta))
+    pending = []
+    window_start, window_step = now, step
+
+  def save(step: int, val_metrics: dict | None = None, force: bool = False) -> None:
+    meta = {"step": step, "epoch": step / spe, "history": dict(history),
+            "val": val_metrics}
+    metrics = ({checkpoints.BEST_METRIC: val_metrics["accuracy"]}
+               if val_metrics else None)
+    store.save(step, state, meta, metrics=metrics, force=force)
+
+  def validate_now(step: int) -> dict | None:
+    if not len(splits["validation"]):
+      return None
+    logits, losses = predict(state.params, jit_eval_step, splits["validation"],
+                             config.eval_batch_size, placement)
+    acc = float(np.mean(logits.argmax(-1) == splits["validation"].labels))
+    metrics = {"accuracy": acc, "loss": float(losses.mean())}
+    writer.write(step, "validation", metrics, epoch=step / spe)
+    logging.info("epoch %d validation: accuracy %.2f%%, loss %.4f", step // spe,
+                 100 * acc, metrics["loss"])
+    return metrics
+
+  progress = _progress_bar(total_steps, start_step)
+  stopped_by = None
+  step = start_step
+  try:
+    with _StopSignal() as stop:
+      for batch in data.train_batches(train_split, order, start_step, total_steps,
+                                      placement.put_batch):
+        state, metrics = jit_train_step(state, batch)
+        pending.append(metrics)
+        step += 1
+        progress.update(1)
+        epoch_end = step % spe == 0
+        if step % config.log_every_steps == 0 or epoch_end or stop.received:
+          flush(step)
+        if stop.received:
+          stopped_by = stop.received
+          save(step, force=True)
+          break
+        if epoch_end:
+          val = validate_now(step)
+          if val is not None:
+            best = history["best_val_accuracy"]
+            if best is None or val["accuracy"] > best:
+              history["best_val_accuracy"] = val["accuracy"]
+              history["epochs_since_best"] = 0
+            else:
+              history["epochs_since_best"] += 1
+          save(step, val)
+          patience = config.early_stopping_patience
+          if patience and history["epochs_since_best"] >= patience:
+            logging.info("Early stopping: no validation gain for %d epochs.", patience)
+            break
+        elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          flush(step)
+          save(step)
+      else:
+        flush(step)
+      if step == start_step and store.latest_step() is None:
+        save(step, validate_now(step))  # Zero-step run: still leave a checkpoint.
+  finally:
+    progress.close()
+    writer.close()
+    store.wait()  # Surfaces async save errors, even when leaving on an exception.
+  result = {"completed": stopped_by is None, "step": step, "stopped_by": stopped_by,
+            "best_step": store.best_step(),
+            "val_accuracy": history["best_val_accuracy"]}
+  store.close()
+  return result
+
+
+def _progress_bar(total: int, initial: int):
+  """A tqdm bar on interactive terminals; the periodic log lines serve elsewhere."""
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+              disable=not sys.stderr.isatty(), leave=False)

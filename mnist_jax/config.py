@@ -173,10 +173,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("data.permutation='bit_reversal' needs the 28 x 28 images; "
                         "unset data.resize.")
   else:
-    if data.permutation is not None or data.permutation_seed is not None:
-      raise ConfigError(
-          f"config.data.permutation/permutation_seed only apply to "
-          f"data.sequence='permuted_pixels', not {data.sequence!r}; unset them.")
+    for key in ("permutation", "permutation_seed"):
+      if data[key] is not None:
+        raise ConfigError(
+            f"config.data.{key}={data[key]!r} is set, but it and the other "
+            f"permutation options only apply to data.sequence='permuted_pixels', "
+            f"not {data.sequence!r}; unset it.")
   if data.manual_dir is not None and not os.path.isdir(data.manual_dir):
     raise ConfigError(f"config.data.manual_dir={data.manual_dir!r} is not a folder; "
                       f"point it at the folder holding the dataset's four .gz files.")
@@ -206,9 +208,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.optimizer.label_smoothing must be in [0, 1).")
   if opt.grad_clip_norm is not None:
     _positive(opt.grad_clip_norm, "optimizer.grad_clip_norm", _NUMBER)
-  if opt.warmup_epochs > config.num_epochs:
-    raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} is longer "
-                      f"than num_epochs={config.num_epochs}.")
+  if opt.warmup_epochs and opt.warmup_epochs >= config.num_epochs:
+    raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be "
+                      f"shorter than num_epochs={config.num_epochs}.")
   if opt.weight_decay and opt.name != "adamw":
     raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
                       "set optimizer.name='adamw' or weight_decay=0.")

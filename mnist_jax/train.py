@@ -57,7 +57,8 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
   if opt.schedule == "cosine":
     return optax.cosine_decay_schedule(peak, total, alpha=opt.end_learning_rate_factor)
   if opt.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=end)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1),
+                                              end_value=end)
   # onecycle: warmup_epochs sets where the peak sits (default 30% of training).
   pct = warmup / total if warmup else 0.3
   return optax.cosine_onecycle_schedule(total, peak, pct_start=pct)
@@ -146,7 +147,9 @@ class Placement:
   """A 1-D `data` mesh over all devices: batches sharded, state replicated."""
 
   def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    # Auto axes: XLA propagates shardings through the model (no explicit-mode rules).
+    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                              axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch = NamedSharding(self.mesh, P("data"))
 

@@ -1,0 +1,143 @@
+"""Recurrent cells and the classifier: scanned layers equal a Python loop over the cell."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import config as config_lib
+from mnist_jax import models
+
+BATCH, TIME, FEATURES, HIDDEN = 3, 7, 5, 6
+
+
+def _loop_reference(cell: models.RecurrentCell, variables, inputs, reverse=False):
+  """Runs `cell.step` one time step at a time in Python."""
+  carry = cell.apply(variables, inputs.shape[0], method=lambda m, b: m.initial_carry(b))
+  steps = range(inputs.shape[1])
+  outputs = [None] * inputs.shape[1]
+  for t in (reversed(steps) if reverse else steps):
+    carry, h = cell.apply(variables, carry, inputs[:, t], method=lambda m, c, x: m.step(c, x))
+    outputs[t] = h
+  return jnp.stack(outputs, axis=1)
+
+
+@pytest.mark.parametrize("name", sorted(models.CELLS))
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_scan_equals_python_loop(name, reverse, unroll):
+  cell = models.CELLS[name](hidden_size=HIDDEN, unroll=unroll)
+  inputs = jax.random.normal(jax.random.key(0), (BATCH, TIME, FEATURES))
+  variables = cell.init(jax.random.key(1), inputs)
+  scanned = cell.apply(variables, inputs, reverse=reverse)
+  assert scanned.shape == (BATCH, TIME, HIDDEN)
+  np.testing.assert_allclose(scanned, _loop_reference(cell, variables, inputs, reverse),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+def test_lstm_matches_textbook_equations():
+  """The fused one-tanh gate trick computes the standard LSTM exactly."""
+  cell = models.CELLS["lstm"](hidden_size=HIDDEN)
+  x = np.asarray(jax.random.normal(jax.random.key(2), (BATCH, TIME, FEATURES)))
+  variables = cell.init(jax.random.key(3), x)
+  p = jax.tree.map(np.asarray, variables["params"])
+  h = c = np.zeros((BATCH, HIDDEN))
+  for t in range(TIME):
+    z = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"] + h @ p["recurrent_kernel"]
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+    h = _sigmoid(o) * np.tanh(c)
+  np.testing.assert_allclose(cell.apply(variables, x)[:, -1], h, rtol=1e-5, atol=1e-6)
+
+
+def test_gru_matches_pytorch_style_equations():
+  """Reset gate applied after the recurrent matmul (cuDNN / PyTorch / Keras reset_after)."""
+  cell = models.CELLS["gru"](hidden_size=HIDDEN)
+  x = np.asarray(jax.random.normal(jax.random.key(4), (BATCH, TIME, FEATURES)))
+  variables = cell.init(jax.random.key(5), x)
+  p = jax.tree.map(np.asarray, variables["params"])
+  # Give the recurrent bias non-zero values so its placement is tested.
+  p["recurrent_bias"] = np.linspace(-1, 1, 3 * HIDDEN)
+  h = np.zeros((BATCH, HIDDEN))
+  for t in range(TIME):
+    a = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"]
+    u = h @ p["recurrent_kernel"] + p["recurrent_bias"]
+    r = _sigmoid(a[:, :HIDDEN] + u[:, :HIDDEN])
+    z = _sigmoid(a[:, HIDDEN:2 * HIDDEN] + u[:, HIDDEN:2 * HIDDEN])
+    n = np.tanh(a[:, 2 * HIDDEN:] + r * u[:, 2 * HIDDEN:])
+    h = (1 - z) * n + z * h
+  out = cell.apply({"params": p}, x)
+  np.testing.assert_allclose(out[:, -1], h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_simple_rnn_activation(activation):
+  cell = models.CELLS["simple_rnn"](hidden_size=HIDDEN, activation=activation)
+  x = np.asarray(jax.random.normal(jax.random.key(6), (BATCH, TIME, FEATURES)))
+  variables = cell.init(jax.random.key(7), x)
+  p = jax.tree.map(np.asarray, variables["params"])
+  act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
+  h = np.zeros((BATCH, HIDDEN))
+  for t in range(TIME):
+    h = act(x[:, t] @ p["input"]["kernel"] + p["input"]["bias"] + h @ p["recurrent_kernel"])
+  np.testing.assert_allclose(cell.apply(variables, x)[:, -1], h, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_forget_bias_and_orthogonal_recurrent_init():
+  cell = models.CELLS["lstm"](hidden_size=HIDDEN)
+  variables = cell.init(jax.random.key(0), jnp.zeros((1, 2, FEATURES)))
+  bias = np.asarray(variables["params"]["input"]["bias"])
+  np.testing.assert_array_equal(bias[HIDDEN:2 * HIDDEN], 1.0)
+  np.testing.assert_array_equal(np.delete(bias, np.s_[HIDDEN:2 * HIDDEN]), 0.0)
+  kernel = np.asarray(variables["params"]["recurrent_kernel"])
+  for g in range(4):
+    block = kernel[:, g * HIDDEN:(g + 1) * HIDDEN]
+    np.testing.assert_allclose(block.T @ block, np.eye(HIDDEN), atol=1e-5)
+
+
+@pytest.mark.parametrize("readout", ["last", "mean", "max"])
+def test_bidirectional_classifier_matches_manual_composition(readout):
+  cfg = config_lib.get_config().model
+  cfg.name, cfg.hidden_size, cfg.num_layers = "gru", HIDDEN, 2
+  cfg.bidirectional, cfg.readout = True, readout
+  model = models.build_model(cfg)
+  x = jax.random.normal(jax.random.key(8), (BATCH, TIME, FEATURES))
+  variables = model.init(jax.random.key(9), x)
+  params = variables["params"]
+  assert set(params) == {"layer0_fwd", "layer0_bwd", "layer1_fwd", "layer1_bwd", "head"}
+  cell = models.CELLS["gru"](hidden_size=HIDDEN)
+  run = lambda name, inputs, rev: cell.apply({"params": params[name]}, inputs, reverse=rev)
+  h0 = jnp.concatenate([run("layer0_fwd", x, False), run("layer0_bwd", x, True)], -1)
+  h1 = jnp.concatenate([run("layer1_fwd", h0, False), run("layer1_bwd", h0, True)], -1)
+  if readout == "last":
+    features = jnp.concatenate([h1[:, -1, :HIDDEN], h1[:, 0, HIDDEN:]], -1)
+  else:
+    features = h1.mean(1) if readout == "mean" else h1.max(1)
+  expected = features @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+  cfg = config_lib.get_config().model
+  cfg.hidden_size, cfg.num_layers, cfg.dropout = HIDDEN, 2, 0.5
+  model = models.build_model(cfg)
+  x = jax.random.normal(jax.random.key(10), (BATCH, TIME, FEATURES))
+  variables = model.init(jax.random.key(11), x)
+  eval_a = model.apply(variables, x)
+  eval_b = model.apply(variables, x)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(12)})
+  assert not np.allclose(train, eval_a)
+
+
+def test_registry_names_match_config_choices():
+  cfg = config_lib.get_config()
+  for name in models.CELLS:
+    cfg.model.name = name
+    config_lib.validate(cfg)
+    assert issubclass(models.CELLS[name], (models.RecurrentCell, nn.Module))

@@ -1,0 +1,103 @@
+"""Train state and steps: every parameter learns, bad steps are refused, RNG per step."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import config as config_lib
+from mnist_jax import data
+from mnist_jax import models
+from mnist_jax import train
+
+
+def _state_and_batch(model_name="lstm", **model_overrides):
+  cfg = config_lib.get_config()
+  cfg.model.name = model_name
+  cfg.model.hidden_size = 8
+  cfg.model.num_layers = 2
+  cfg.model.bidirectional = True
+  for k, v in model_overrides.items():
+    cfg.model[k] = v
+  cfg = config_lib.resolve(cfg)
+  state = train.create_train_state(cfg, jax.random.PRNGKey(0), steps_per_epoch=10)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (16, 28, 28), dtype=np.uint8)),
+           "label": jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
+  return cfg, state, batch
+
+
+def _step(cfg, **kwargs):
+  return jax.jit(functools.partial(train.train_step,
+                                   preprocess=data.make_preprocess(cfg.data), **kwargs))
+
+
+@pytest.mark.parametrize("name", sorted(models.CELLS))
+def test_one_train_step_changes_every_parameter(name):
+  cfg, state, batch = _state_and_batch(name, dropout=0.1)
+  before = jax.tree.map(np.array, state.params)
+  new_state, metrics = _step(cfg, augment_max_shift=2)(state, batch)
+  assert int(new_state.step) == 1 and bool(metrics["finite"])
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, new_state.params)
+  unchanged = [jax.tree_util.keystr(p) for p, c in
+               jax.tree_util.tree_leaves_with_path(changed) if not c]
+  assert not unchanged, f"parameters that did not move: {unchanged}"
+
+
+def test_non_finite_step_leaves_state_untouched():
+  cfg, state, batch = _state_and_batch()
+  bad = jax.tree.map(lambda p: p.at[..., 0].set(jnp.nan) if p.ndim else p, state.params)
+  state = state.replace(params=bad)
+  before = jax.tree.map(np.array, state)
+  new_state, metrics = _step(cfg)(state, batch)
+  assert not bool(metrics["finite"])
+  assert int(new_state.step) == 0
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before.params,
+               new_state.params)
+
+
+def test_steps_are_deterministic_and_fold_rng_by_step():
+  cfg, state, batch = _state_and_batch(dropout=0.5)
+  step = _step(cfg)
+  a, ma = step(state, batch)
+  b, mb = step(state, batch)
+  assert float(ma["loss"]) == float(mb["loss"])
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  # Same params at a different step number: a different dropout mask.
+  c, mc = step(state.replace(step=state.step + 1), batch)
+  assert float(mc["loss"]) != float(ma["loss"])
+
+
+@pytest.mark.parametrize("opt,schedule", [("adam", "constant"), ("adamw", "cosine"),
+                                          ("sgd", "warmup_cosine"), ("adam", "onecycle")])
+def test_optimizers_and_schedules(opt, schedule):
+  cfg = config_lib.get_config().optimizer
+  cfg.name, cfg.schedule, cfg.warmup_epochs = opt, schedule, 1.0
+  cfg.grad_clip_norm = 1.0
+  lr = train.create_learning_rate_schedule(cfg, steps_per_epoch=10, num_epochs=5)
+  values = np.array([lr(s) for s in range(51)])
+  assert values.max() == pytest.approx(1e-3, rel=1e-2)
+  if schedule == "constant":
+    assert np.all(values == 1e-3)
+  else:
+    assert values[-1] < 1e-4  # Decays.
+  if schedule == "warmup_cosine":
+    assert values[0] == 0 and np.argmax(values) == 10
+  tx = train.create_optimizer(cfg, 10, 5)
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.full(3, 100.0)}, tx.init(params), params)
+  assert np.all(np.isfinite(updates["w"]))
+
+
+def test_eval_step_padding_is_dropped(make_tiny_config):
+  cfg = config_lib.resolve(make_tiny_config())
+  splits = data.load_splits(cfg)
+  placement = train.Placement()
+  state = train.create_train_state(cfg, jax.random.PRNGKey(0), 6)
+  step = train.make_eval_step(state.apply_fn, data.make_preprocess(cfg.data), placement)
+  logits, losses = train.predict(state.params, step, splits["test"], 64, placement)
+  assert logits.shape == (300, 10) and losses.shape == (300,)
+  full, _ = train.predict(state.params, step, splits["test"], 300, placement)
+  np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)

@@ -26,6 +26,8 @@ ACTIVATIONS = ("tanh", "relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 EVAL_CHECKPOINTS = ("best", "latest")
+LRU_SCANS = ("parallel", "sequential")
+LRU_MIXES = ("glu", "mlp")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -61,6 +63,14 @@ def get_config() -> ml_collections.ConfigDict:
   model.activation = "tanh"  # simple_rnn only: tanh or relu.
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10
+  model.irnn_scale = 1.0  # irnn only: recurrent kernel starts as this * identity.
+  # lru only (Orvieto et al., 2023; see models/lru.py). hidden_size is the model width.
+  model.lru_state_size = 256  # Complex state units per LRU layer.
+  model.lru_r_min = 0.9  # Initial eigenvalue moduli are uniform on the ring
+  model.lru_r_max = 0.999  # r_min <= |lambda| <= r_max (0 < r_min < r_max < 1).
+  model.lru_max_phase = 6.283185307179586  # Initial phases uniform in [0, this].
+  model.lru_scan = "parallel"  # parallel: associative scan; sequential: lax.scan.
+  model.lru_mix = "glu"  # Block's channel mixing after the LRU: glu or mlp (Dense).
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = "adam"  # One of OPTIMIZERS.
@@ -193,6 +203,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)
   _choice(model.activation, "model.activation", ACTIVATIONS)
+  _positive(model.irnn_scale, "model.irnn_scale", _NUMBER)
+  _positive(model.lru_state_size, "model.lru_state_size")
+  _positive(model.lru_max_phase, "model.lru_max_phase", _NUMBER)
+  for key in ("lru_r_min", "lru_r_max"):
+    if not isinstance(model[key], _NUMBER) or not 0.0 <= model[key] < 1.0:
+      raise ConfigError(f"config.model.{key}={model[key]!r} must be in [0, 1).")
+  if model.lru_r_min >= model.lru_r_max:
+    raise ConfigError(f"config.model.lru_r_min={model.lru_r_min} must be smaller than "
+                      f"lru_r_max={model.lru_r_max}.")
+  _choice(model.lru_scan, "model.lru_scan", LRU_SCANS)
+  _choice(model.lru_mix, "model.lru_mix", LRU_MIXES)
 
   opt = config.optimizer
   _choice(opt.name, "optimizer.name", OPTIMIZERS)

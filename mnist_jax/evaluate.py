@@ -127,7 +127,11 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
     raise WorkdirError(f"--split={split!r} is not one of: {', '.join(SPLITS)}.")
   if not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} does not exist.")
-  config = config_lib.resolve(train_lib.load_workdir_config(workdir))
+  config = train_lib.load_workdir_config(workdir)
+  if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
+    # A workdir copied from another machine: the data is found as on this one.
+    config.data.manual_dir = None
+  config = config_lib.resolve(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first.")

@@ -78,7 +78,7 @@ def test_json_round_trip_keeps_nesting():
 
 
 @pytest.mark.parametrize("field,value,phrase", [
-    ("model.name", "transformer", "choose one of: gru, lstm, simple_rnn"),
+    ("model.name", "transformer", "choose one of: gru, "),
     ("data.sequence", "columns", "choose one of: rows, pixels, permuted_pixels"),
     ("data.name", "cifar10", "choose one of: mnist, fashion_mnist"),
     ("optimizer.name", "lamb", "choose one of"),

@@ -94,10 +94,8 @@ def test_lstm_forget_bias_and_orthogonal_recurrent_init():
   bias = np.asarray(variables["params"]["input"]["bias"])
   np.testing.assert_array_equal(bias[HIDDEN:2 * HIDDEN], 1.0)
   np.testing.assert_array_equal(np.delete(bias, np.s_[HIDDEN:2 * HIDDEN]), 0.0)
-  kernel = np.asarray(variables["params"]["recurrent_kernel"])
-  for g in range(4):
-    block = kernel[:, g * HIDDEN:(g + 1) * HIDDEN]
-    np.testing.assert_allclose(block.T @ block, np.eye(HIDDEN), atol=1e-5)
+  kernel = np.asarray(variables["params"]["recurrent_kernel"])  # [H, 4H], as Keras.
+  np.testing.assert_allclose(kernel @ kernel.T, np.eye(HIDDEN), atol=1e-5)
 
 
 @pytest.mark.parametrize("readout", ["last", "mean", "max"])

@@ -62,11 +62,13 @@ class RecurrentCell(nn.Module):
     return jnp.zeros(shape, dtype)
 
   def recurrent_kernel_init(self, key, shape, dtype=jnp.float32):
-    """Orthogonal per gate block, as Keras and most RNN papers do."""
-    keys = jax.random.split(key, self.num_gates)
-    blocks = [nn.initializers.orthogonal()(k, (shape[0], self.hidden_size), dtype)
-              for k in keys]
-    return jnp.concatenate(blocks, axis=-1)
+    """One orthogonal [hidden, gates * hidden] matrix (orthonormal rows), as Keras.
+
+    The seed notebook was Keras; per-gate orthogonal blocks (twice the recurrent gain
+    per gate) gave 98.22% mean test accuracy over 3 seeds of the seed LSTM recipe, this
+    98.29% over 2 (noise-level, but the faithful choice).
+    """
+    return nn.initializers.orthogonal()(key, shape, dtype)
 
   # -- The contract. -----------------------------------------------------------------
   def recurrent_params(self) -> dict[str, Array]:

@@ -17,7 +17,8 @@ class SequenceClassifier(nn.Module):
   a Dense layer `head` gives the logits.
 
   Attributes:
-    cell: a `RecurrentCell` subclass.
+    cell: a `RecurrentCell` subclass, or any module with its interface
+      (`__call__(inputs, reverse)`, [batch, time, features] -> [batch, time, hidden]).
     hidden_size: units per direction.
     num_layers: stacked layers.
     bidirectional: add a time-reversed layer beside each forward one.
@@ -26,6 +27,8 @@ class SequenceClassifier(nn.Module):
     activation: passed to the cell (SimpleRNN's nonlinearity).
     unroll: scan unroll factor.
     num_classes: output size.
+    cell_options: extra (name, value) pairs for the cell's constructor (a tuple, so
+      the module stays hashable); empty for the basic cells.
   """
   cell: Any
   hidden_size: int
@@ -36,6 +39,7 @@ class SequenceClassifier(nn.Module):
   activation: str = "tanh"
   unroll: int = 1
   num_classes: int = 10
+  cell_options: tuple[tuple[str, Any], ...] = ()
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
@@ -43,7 +47,8 @@ class SequenceClassifier(nn.Module):
     forward = backward = None
     for i in range(self.num_layers):
       make = lambda d: self.cell(hidden_size=self.hidden_size, unroll=self.unroll,
-                                 activation=self.activation, name=f"layer{i}_{d}")
+                                 activation=self.activation, name=f"layer{i}_{d}",
+                                 **dict(self.cell_options))
       forward = make("fwd")(x)
       if self.bidirectional:
         backward = make("bwd")(x, reverse=True)

@@ -1,0 +1,345 @@
+"""Figures and a Markdown report from a training workdir, and a comparison of several.
+
+`write_report(workdir)` reads what training and evaluation left in the workdir
+(`config.json`, `metrics.jsonl`, `eval/<split>_metrics.json`,
+`eval/<split>_predictions.csv`) and writes
+
+    WORKDIR/report/learning_curves.png        train / validation loss and accuracy
+    WORKDIR/report/confusion_matrix.png       counts, rows true, columns predicted
+    WORKDIR/report/most_confident_errors.png  the wrong predictions made most surely
+    WORKDIR/report/report.md                  the figures with the metrics tables
+
+`compare(workdirs, out_dir)` writes `comparison.md` (one row per run) and
+`comparison.png` (validation accuracy and training loss per epoch, one line per run).
+Only the error grid needs the dataset (its images); everything else reads files.
+"""
+
+import collections
+import csv
+import json
+import os
+from typing import Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # Files only; never needs a display.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mnist_jax.errors import UserError, WorkdirError  # noqa: E402
+
+REPORT_DIR = "report"
+NUM_ERRORS = 24  # Images in the most-confident-errors grid.
+
+
+# ----------------------------------------------------------------------------------
+# Reading a workdir.
+# ----------------------------------------------------------------------------------
+def read_metrics(workdir: str) -> list[dict]:
+  """Records of `metrics.jsonl`; a step logged twice (resumed run) keeps the last."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise WorkdirError(f"{workdir} has no metrics.jsonl; is it a training workdir?")
+  latest = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        record = json.loads(line)
+        latest[(record["split"], record["step"])] = record
+  return sorted(latest.values(), key=lambda r: (r["step"], r["split"]))
+
+
+def per_epoch(records: list[dict]) -> dict[str, dict[str, list[float]]]:
+  """Train metrics averaged per epoch and validation metrics at each epoch's end.
+
+  Returns:
+    {"train": {"epoch": [...], "loss": [...], "accuracy": [...]}, "validation": {...}};
+    epoch e covers the logged steps with epoch in (e - 1, e].
+  """
+  out = {}
+  for split in ("train", "validation"):
+    groups = collections.defaultdict(list)
+    for r in records:
+      if r["split"] == split and "epoch" in r:
+        groups[int(np.ceil(r["epoch"] - 1e-9))].append(r)
+    epochs = sorted(groups)
+    out[split] = {"epoch": epochs}
+    for key in ("loss", "accuracy"):
+      out[split][key] = [float(np.mean([r[key] for r in groups[e]])) for e in epochs]
+  return out
+
+
+def read_eval(workdir: str, split: str) -> dict | None:
+  path = os.path.join(workdir, "eval", f"{split}_metrics.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_predictions(workdir: str, split: str) -> tuple[np.ndarray, np.ndarray,
+                                                         np.ndarray]:
+  """(index [n], label [n], probabilities [n, classes]) from the predictions CSV."""
+  path = os.path.join(workdir, "eval", f"{split}_predictions.csv")
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise WorkdirError(f"{path} is empty.")
+  classes = sorted((k for k in rows[0] if k.startswith("prob_")),
+                   key=lambda k: int(k[5:]))
+  index = np.array([int(r["index"]) for r in rows])
+  labels = np.array([int(r["label"]) for r in rows])
+  probs = np.array([[float(r[c]) for c in classes] for r in rows])
+  return index, labels, probs
+
+
+def read_config(workdir: str) -> dict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise WorkdirError(f"{workdir} has no config.json; is it a training workdir?")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_images(workdir: str, split: str) -> np.ndarray:
+  """The split's uint8 images [n, 28, 28], loaded as the run's config describes."""
+  from mnist_jax import data
+  from mnist_jax import train as train_lib
+  from mnist_jax import config as config_lib
+  config = config_lib.resolve(train_lib.load_workdir_config(workdir))
+  return data.load_splits(config)[split].images
+
+
+# ----------------------------------------------------------------------------------
+# Figures.
+# ----------------------------------------------------------------------------------
+def plot_learning_curves(curves: dict, path: str, title: str = "") -> None:
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("loss", "accuracy")):
+    for split, style in (("train", "o-"), ("validation", "s--")):
+      c = curves[split]
+      if c["epoch"]:
+        values = np.asarray(c[key]) * (100 if key == "accuracy" else 1)
+        ax.plot(c["epoch"], values, style, label=split)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy (%)" if key == "accuracy" else "cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0].set_title("loss")
+  axes[1].set_title("accuracy")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "") -> None:
+  matrix = np.asarray(matrix)
+  n = len(matrix)
+  fig, ax = plt.subplots(figsize=(7, 6))
+  image = ax.imshow(matrix, cmap="Blues")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  threshold = matrix.max() / 2
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+              color="white" if matrix[i, j] > threshold else "black")
+  ax.set_xticks(range(n))
+  ax.set_yticks(range(n))
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title or "confusion matrix")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def most_confident_errors(labels: np.ndarray, probs: np.ndarray,
+                          k: int = NUM_ERRORS) -> np.ndarray:
+  """Row numbers of the k wrong predictions with the highest predicted probability."""
+  predicted = probs.argmax(-1)
+  wrong = np.flatnonzero(predicted != labels)
+  confidence = probs[wrong, predicted[wrong]]
+  return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                path: str, title: str = "") -> None:
+  """A grid of images titled 'true T / pred P (prob)'; `images` is [k, 28, 28]."""
+  k = len(images)
+  cols = min(max(k, 1), 8)
+  rows = max(1, int(np.ceil(k / cols)))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.4),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, image, label, p in zip(axes.flat, images, labels, probs):
+    pred = int(p.argmax())
+    ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+    ax.set_title(f"true {label} / pred {pred}\np={p[pred]:.2f}", fontsize=8)
+  if k == 0:
+    axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
+  fig.suptitle(title or "most confident errors", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------
+# Markdown.
+# ----------------------------------------------------------------------------------
+def _pct(value) -> str:
+  return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _summary(config: dict) -> str:
+  m, d = config["model"], config["data"]
+  return (f"{m['name']} h{m['hidden_size']} x{m['num_layers']}"
+          f"{' bi' if m.get('bidirectional') else ''} on {d['name']} {d['sequence']}")
+
+
+def _metrics_table(metrics: dict) -> str:
+  lines = ["| metric | value |", "|---|---|"]
+  lines += [f"| accuracy | {_pct(metrics['accuracy'])} |",
+            f"| loss | {metrics['loss']:.4f} |",
+            f"| macro F1 | {metrics['f1']['macro']:.4f} |",
+            f"| weighted F1 | {metrics['f1']['weighted']:.4f} |",
+            f"| examples | {metrics['num_examples']} |",
+            f"| checkpoint step | {metrics.get('checkpoint_step', '–')} |"]
+  lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+  p, r, f = metrics["precision"], metrics["recall"], metrics["f1"]
+  for c, support in enumerate(metrics["support"]):
+    lines.append(f"| {c} | {p['per_class'][c]:.4f} | {r['per_class'][c]:.4f} | "
+                 f"{f['per_class'][c]:.4f} | {support} |")
+  return "\n".join(lines)
+
+
+def write_report(workdir: str, split: str | None = None,
+                 images: np.ndarray | None = None) -> dict[str, str]:
+  """Writes WORKDIR/report/{learning_curves,confusion_matrix,most_confident_errors}.png
+  and report.md.
+
+  Args:
+    workdir: a training workdir, evaluated (`--mode=eval`) for the figures that need
+      predictions; without an eval/ folder only the learning curves are drawn.
+    split: the evaluated split to report; None: "test" if evaluated, else "validation".
+    images: the split's uint8 images [n, 28, 28]; None loads them from the dataset as
+      the workdir's config describes (needed only for the error grid).
+
+  Returns:
+    {"learning_curves" | "confusion_matrix" | "most_confident_errors" | "report": path}
+    for each file written.
+
+  Raises:
+    WorkdirError: not a training workdir.
+  """
+  config = read_config(workdir)
+  out_dir = os.path.join(workdir, REPORT_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  title = _summary(config)
+  paths = {}
+  curves = per_epoch(read_metrics(workdir))
+  paths["learning_curves"] = os.path.join(out_dir, "learning_curves.png")
+  plot_learning_curves(curves, paths["learning_curves"], title)
+
+  if split is None:
+    split = "test" if read_eval(workdir, "test") else "validation"
+  metrics = read_eval(workdir, split)
+  md = [f"# Report: {os.path.basename(os.path.normpath(workdir))}", "",
+        f"{title}; workdir `{os.path.abspath(workdir)}`.", "",
+        "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+  val = curves["validation"]
+  if val["epoch"]:
+    best = int(np.argmax(val["accuracy"]))
+    md += [f"Best validation accuracy {_pct(val['accuracy'][best])} at epoch "
+           f"{val['epoch'][best]} of {val['epoch'][-1]}.", ""]
+  if metrics is None:
+    md += [f"No `eval/{split}_metrics.json`: run `--mode=eval` for the metrics, "
+           f"confusion matrix and errors.", ""]
+  else:
+    paths["confusion_matrix"] = os.path.join(out_dir, "confusion_matrix.png")
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
+                          paths["confusion_matrix"], f"{split} confusion matrix")
+    md += [f"## {split.capitalize()} metrics", "", _metrics_table(metrics), "",
+           "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
+           "![confusion matrix](confusion_matrix.png)", ""]
+    index, labels, probs = read_predictions(workdir, split)
+    rows = most_confident_errors(labels, probs)
+    try:
+      if images is None and len(rows):
+        images = load_images(workdir, split)
+      grid = (np.asarray(images)[index[rows]] if len(rows)
+              else np.zeros((0, 28, 28), np.uint8))
+    except UserError as e:  # No dataset here: the report is still useful without it.
+      md += ["## Most confident errors", "", f"Not drawn: {e}", ""]
+    else:
+      paths["most_confident_errors"] = os.path.join(out_dir, "most_confident_errors.png")
+      plot_errors(grid, labels[rows], probs[rows], paths["most_confident_errors"],
+                  f"{split}: the {len(rows)} most confident errors")
+      md += ["## Most confident errors", "",
+             f"The {len(rows)} wrong {split} predictions with the highest predicted "
+             f"probability (of {int((probs.argmax(-1) != labels).sum())} errors).", "",
+             "![most confident errors](most_confident_errors.png)", ""]
+  paths["report"] = os.path.join(out_dir, "report.md")
+  with open(paths["report"], "w") as f:
+    f.write("\n".join(md))
+  return paths
+
+
+def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, str]:
+  """Compares runs: OUT_DIR/comparison.md (a table) and comparison.png (curves).
+
+  Args:
+    workdirs: training workdirs; the test columns need `--mode=eval` to have run.
+    out_dir: created if missing.
+
+  Returns:
+    {"table": path of comparison.md, "plot": path of comparison.png}.
+
+  Raises:
+    WorkdirError: a path is not a training workdir.
+  """
+  if not workdirs:
+    raise UserError("compare needs at least one workdir.")
+  os.makedirs(out_dir, exist_ok=True)
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(set(names)) < len(names):  # Same basenames: fall back to the full paths.
+    names = [os.path.normpath(w) for w in workdirs]
+  md = ["| run | model | data | epochs | best val acc | test acc | test loss | "
+        "test macro F1 |", "|---|---|---|---|---|---|---|---|"]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for name, workdir in zip(names, workdirs):
+    config = read_config(workdir)
+    curves = per_epoch(read_metrics(workdir))
+    val, tr = curves["validation"], curves["train"]
+    test = read_eval(workdir, "test")
+    epochs = max(val["epoch"] + tr["epoch"], default=0)
+    model = _summary(config).split(" on ")[0]
+    test_cols = ([_pct(test["accuracy"]), f"{test['loss']:.4f}",
+                  f"{test['f1']['macro']:.4f}"] if test else ["–"] * 3)
+    md.append(f"| {name} | {model} | {config['data']['name']} "
+              f"{config['data']['sequence']} | {epochs} | "
+              f"{_pct(max(val['accuracy'], default=None))} | "
+              + " | ".join(test_cols) + " |")
+    if val["epoch"]:
+      axes[0].plot(val["epoch"], 100 * np.asarray(val["accuracy"]), "o-", label=name)
+    if tr["epoch"]:
+      axes[1].plot(tr["epoch"], tr["loss"], "o-", label=name)
+  for ax, label in zip(axes, ("validation accuracy (%)", "train loss")):
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  paths = {"table": os.path.join(out_dir, "comparison.md"),
+           "plot": os.path.join(out_dir, "comparison.png")}
+  fig.savefig(paths["plot"], dpi=100)
+  plt.close(fig)
+  with open(paths["table"], "w") as f:
+    f.write("# Comparison\n\n" + "\n".join(md) + "\n\n![curves](comparison.png)\n")
+  return paths

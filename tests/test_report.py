@@ -1,0 +1,111 @@
+"""Reports: figures and Markdown from a workdir's files, and the comparison of runs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_jax import config as config_lib
+from mnist_jax import evaluate
+from mnist_jax import report
+
+NUM_EVAL = 300  # make_tiny_config's max_eval_examples: the test split's size here.
+
+
+def _fake_workdir(path, config, *, epochs=3, steps_per_epoch=4, evaluated=True,
+                  seed=0):
+  """A workdir as training + evaluation leave it, with made-up numbers."""
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(config_lib.to_json(config))
+  rng = np.random.default_rng(seed)
+  lines = []
+  for step in range(2, epochs * steps_per_epoch + 1, 2):
+    epoch = step / steps_per_epoch
+    lines.append({"step": step, "split": "train", "epoch": epoch,
+                  "loss": 2.3 / epoch, "accuracy": 0.3 * epoch, "grad_norm": 1.0})
+    if step % steps_per_epoch == 0:
+      lines.append({"step": step, "split": "validation", "epoch": epoch,
+                    "loss": 2.0 / epoch, "accuracy": 0.25 * epoch + rng.uniform(0, .01)})
+  lines.append(lines[0])  # A resumed run logs a step twice; it must count once.
+  (path / "metrics.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+  if evaluated:
+    labels = rng.integers(0, 10, NUM_EVAL)
+    logits = rng.normal(size=(NUM_EVAL, 10))
+    logits[np.arange(NUM_EVAL), labels] += 2.0  # Mostly right, some confident errors.
+    probs = evaluate.softmax(logits)
+    metrics = evaluate.classification_metrics(labels, probs.argmax(-1), 10)
+    metrics.update({"loss": 1.0, "checkpoint_step": 12, "split": "test"})
+    evaluate.write_results(str(path), "test", metrics, labels, probs)
+  return path
+
+
+def _assert_png(path):
+  with Image.open(path) as img:
+    img.verify()
+  with Image.open(path) as img:
+    assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+
+
+@pytest.fixture
+def tiny_resolved(make_tiny_config):
+  return config_lib.resolve(make_tiny_config())
+
+
+def test_write_report_makes_figures_and_markdown(tmp_path, tiny_resolved):
+  """The error grid's images come from the dataset, as the workdir's config says."""
+  workdir = _fake_workdir(tmp_path / "run", tiny_resolved)
+  paths = report.write_report(str(workdir))
+  assert set(paths) == {"learning_curves", "confusion_matrix", "most_confident_errors",
+                        "report"}
+  for key in ("learning_curves", "confusion_matrix", "most_confident_errors"):
+    _assert_png(paths[key])
+    assert paths[key].startswith(str(workdir / "report"))
+  md = (workdir / "report" / "report.md").read_text()
+  for name in ("learning_curves.png", "confusion_matrix.png",
+               "most_confident_errors.png"):
+    assert f"]({name})" in md
+  metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  assert f"| accuracy | {100 * metrics['accuracy']:.2f}% |" in md
+  assert "| 9 |" in md  # Per-class rows.
+
+
+def test_learning_curves_are_per_epoch_and_deduplicated(tmp_path, tiny_resolved):
+  workdir = _fake_workdir(tmp_path / "run", tiny_resolved, evaluated=False)
+  curves = report.per_epoch(report.read_metrics(str(workdir)))
+  assert curves["train"]["epoch"] == [1, 2, 3]
+  assert curves["validation"]["epoch"] == [1, 2, 3]
+  # Epoch 1 holds steps 2 and 4 (epochs 0.5 and 1.0), the duplicate counted once.
+  assert curves["train"]["loss"][0] == pytest.approx((2.3 / 0.5 + 2.3 / 1.0) / 2)
+  # Not evaluated: learning curves only, and the report says how to get the rest.
+  paths = report.write_report(str(workdir))
+  assert set(paths) == {"learning_curves", "report"}
+  assert "--mode=eval" in (workdir / "report" / "report.md").read_text()
+
+
+def test_most_confident_errors_order():
+  labels = np.array([0, 1, 2, 3])
+  probs = np.array([[0.9, 0.1, 0, 0],     # right
+                    [0.6, 0.4, 0, 0],     # wrong, 0.6
+                    [0.05, 0.9, 0.05, 0],  # wrong, 0.9
+                    [0, 0, 0.3, 0.7]])    # right
+  np.testing.assert_array_equal(report.most_confident_errors(labels, probs), [2, 1])
+  assert report.most_confident_errors(labels, probs, k=1).tolist() == [2]
+
+
+def test_compare_table_and_plot(tmp_path, tiny_resolved):
+  a = _fake_workdir(tmp_path / "a", tiny_resolved)
+  b = _fake_workdir(tmp_path / "b", tiny_resolved, epochs=2, evaluated=False, seed=1)
+  paths = report.compare([str(a), str(b)], str(tmp_path / "cmp"))
+  _assert_png(paths["plot"])
+  table = (tmp_path / "cmp" / "comparison.md").read_text()
+  rows = [l for l in table.splitlines() if l.startswith("| a ") or l.startswith("| b ")]
+  assert len(rows) == 2
+  acc = json.loads((a / "eval" / "test_metrics.json").read_text())["accuracy"]
+  assert f"{100 * acc:.2f}%" in rows[0] and "| 3 |" in rows[0]
+  assert rows[1].endswith("| – | – | – |") and "| 2 |" in rows[1]
+
+
+def test_not_a_workdir_is_one_line(tmp_path):
+  with pytest.raises(report.WorkdirError, match="config.json"):
+    report.write_report(str(tmp_path))

@@ -94,12 +94,25 @@ class CheckpointStore:
     return step
 
   def restore(self, step: int, target_state: Any) -> tuple[Any, dict]:
-    """Restores (state, meta) at `step`, shaped and sharded like `target_state`."""
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state),
-                                meta=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.meta)
+    """Restores (state, meta) at `step`, shaped and sharded like `target_state`.
+
+    Raises:
+      WorkdirError: the checkpoint's files are damaged or incomplete.
+    """
+    try:
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state),
+                                  meta=ocp.args.JsonRestore()))
+      return restored.state, dict(restored.meta)
+    except Exception as e:  # Orbax, TensorStore and json raise many types.
+      detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      others = [s for s in self.steps() if s != step]
+      raise WorkdirError(
+          f"checkpoint at step {step} in {self.directory} cannot be read; it is "
+          f"damaged or incomplete ({type(e).__name__}: {detail}). Move that "
+          f"folder away to use another checkpoint (steps: "
+          f"{', '.join(map(str, sorted(others))) or 'none'}).") from e
 
   def wait(self) -> None:
     """Blocks until background saves finish; raises the error of a failed one."""

@@ -6,6 +6,7 @@ command line any field can be overridden, e.g. `--config.num_epochs=1
 """
 
 import json
+import math
 import os
 from typing import Any
 
@@ -132,9 +133,10 @@ def _choice(value: Any, name: str, choices) -> None:
 
 
 def _positive(value: Any, name: str, kind=(int,), allow_zero: bool = False) -> None:
+  """Raises ConfigError unless `value` is a finite number of `kind` above (or at) 0."""
   ok = isinstance(value, kind) and not isinstance(value, bool)
   if ok:
-    ok = value >= 0 if allow_zero else value > 0
+    ok = (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
   if not ok:
     what = "a non-negative" if allow_zero else "a positive"
     type_name = "integer" if kind == (int,) else "number"
@@ -157,8 +159,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(config.eval_batch_size, "eval_batch_size")
   _positive(config.log_every_steps, "log_every_steps")
   _positive(config.keep_checkpoints, "keep_checkpoints")
-  if not isinstance(config.seed, int) or isinstance(config.seed, bool):
-    raise ConfigError(f"config.seed={config.seed!r} must be an integer.")
+  # NumPy's batch order needs seed >= 0; jax.random.PRNGKey keeps only 32 bits.
+  if (not isinstance(config.seed, int) or isinstance(config.seed, bool)
+      or not 0 <= config.seed < 2**32):
+    raise ConfigError(f"config.seed={config.seed!r} must be an integer in "
+                      f"[0, 2**32).")
   for name in ("checkpoint_every_steps", "early_stopping_patience",
                "max_train_examples", "max_eval_examples"):
     if config[name] is not None:
@@ -176,6 +181,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(data.resize, "data.resize")
   if data.sequence == "permuted_pixels":
     _choice(data.permutation, "data.permutation", PERMUTATIONS)
+    if data.permutation_seed is not None:
+      _positive(data.permutation_seed, "data.permutation_seed", allow_zero=True)
     if data.permutation == "bit_reversal" and data.permutation_seed is not None:
       raise ConfigError("config.data.permutation_seed is only used by "
                         "data.permutation='random'; unset it for bit_reversal.")
@@ -199,6 +206,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(model.num_layers, "model.num_layers")
   _positive(model.unroll, "model.unroll")
   _positive(model.num_classes, "model.num_classes")
+  if model.num_classes < 10:  # Both DATASETS have labels 0..9.
+    raise ConfigError(f"config.model.num_classes={model.num_classes} is smaller than "
+                      f"the 10 classes of {data.name}.")
   if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)

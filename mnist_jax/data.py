@@ -300,22 +300,25 @@ def train_batches(split: Split, order: TrainOrder, start_step: int, end_step: in
   q: queue.Queue = queue.Queue(maxsize=prefetch)
   stop = threading.Event()
 
+  def offer(item) -> bool:
+    """Queues `item` unless the consumer has stopped; False if it has."""
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def producer():
     try:
       for step in range(start_step, end_step):
         idx = order.indices(step)[rows]
-        batch = put({"image": split.images[idx], "label": split.labels[idx]})
-        while not stop.is_set():
-          try:
-            q.put(batch, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not offer(put({"image": split.images[idx], "label": split.labels[idx]})):
           return
     except BaseException as e:  # Surface producer errors in the consumer.
-      q.put(e)
-    q.put(None)
+      offer(e)
+    offer(None)
 
   thread = threading.Thread(target=producer, daemon=True)
   thread.start()
@@ -329,6 +332,9 @@ def train_batches(split: Split, order: TrainOrder, start_step: int, end_step: in
       yield item
   finally:
     stop.set()
+    # Leave no thread inside JAX's C++ code: a daemon thread that wakes up while
+    # the interpreter exits (e.g. right after a SIGTERM stop) aborts the process.
+    thread.join()
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[dict]:

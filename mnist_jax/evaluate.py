@@ -177,4 +177,14 @@ def train_and_evaluate(config, workdir: str) -> dict | None:
     print(f"Stopped by {result['stopped_by']} at step {result['step']}; a checkpoint "
           f"was saved. Resume by running the same command again.")
     return None
-  return evaluate_workdir(workdir, checkpoint=config.eval_checkpoint, split="test")
+  metrics = evaluate_workdir(workdir, checkpoint=config.eval_checkpoint, split="test")
+  if jax.process_index() == 0:
+    from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
+    try:
+      paths = report.write_report(workdir, split="test")
+      print(f"Report: {paths.get('report')}")
+    except Exception as e:  # pylint: disable=broad-except
+      # The metrics are already written; a plotting failure must not lose them.
+      logging.warning("Could not draw the report (%s: %s); metrics are in %s/eval.",
+                      type(e).__name__, e, workdir)
+  return metrics

@@ -22,11 +22,19 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (see experiments/).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where config, metrics and checkpoints live.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train (resuming if possible), then evaluate on test. "
-                  "eval: evaluate a checkpoint of an existing workdir.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "report"],
+                  "train: train (resuming if possible), then evaluate on test and draw "
+                  "the report. eval: evaluate a checkpoint of an existing workdir. "
+                  "report: draw WORKDIR/report/ (or compare --workdirs into WORKDIR).")
 flags.DEFINE_string("checkpoint", "best", "eval mode: 'best', 'latest' or a step.")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "eval mode: which split.")
+flags.DEFINE_list("workdirs", [], "report mode: several workdirs to compare in one "
+                  "table and plot, written into --workdir.")
+flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of "
+                    "process 0, reachable from all (default: from SLURM, Open MPI, a "
+                    "TPU VM or $JAX_COORDINATOR_ADDRESS; see mnist_jax/distributed.py).")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -47,24 +55,47 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
 
-  from mnist_jax import evaluate  # After flags parse: keeps --help fast.
+  from mnist_jax import distributed, evaluate  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise UserError("--config is required to train (e.g. "
                         "--config=experiments/seed_lstm.py).")
       evaluate.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
+    elif FLAGS.mode == "eval":
       evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)
+    else:
+      from mnist_jax import report
+      if FLAGS.workdirs:
+        paths = report.compare(FLAGS.workdirs, FLAGS.workdir)
+      else:
+        paths = report.write_report(FLAGS.workdir)
+      print("\n".join(f"{name}: {path}" for name, path in paths.items()))
   except UserError as e:
     logging.flush()
     sys.exit(f"error: {e}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a --config.KEY override of no config field is one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # config_flags: the config has no KEY.
+    cause = e.__context__ if isinstance(e.__context__, KeyError) else e
+    detail = str(cause.args[0]) if cause.args else str(cause)
+    key = detail.splitlines()[0].strip("'\"") if detail else ""
+    if not key or not any(a.startswith("--config.") and key in a for a in argv):
+      raise  # Not an override's fault (e.g. a bug in the config file): keep it.
+    sys.exit(f"error: --config override names no config field: "
+             f"{' '.join(detail.split())} (see mnist_jax/config.py).")
+
+
 def run():
   """Console-script entry point (`mnist-jax`)."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -94,14 +94,21 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
 # ----------------------------------------------------------------------------------
 # Steps.
 # ----------------------------------------------------------------------------------
+def _all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite (a scalar bool array)."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
 def train_step(state: TrainState, batch: Batch, *,
                preprocess: Callable[[jax.Array], jax.Array],
                label_smoothing: float = 0.0,
                augment_max_shift: int = 0) -> tuple[TrainState, dict]:
   """One optimizer step on a batch of uint8 images [batch, 28, 28] and labels.
 
-  A step whose loss or gradients are not finite leaves the state unchanged (the
-  caller stops the run); metrics report it in `finite`.
+  A step whose loss, gradients or updated state are not finite leaves the state
+  unchanged (the caller stops the run); metrics report it in `finite`.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   shift_rng, dropout_rng = jax.random.split(step_rng)
@@ -119,8 +126,10 @@ def train_step(state: TrainState, batch: Batch, *,
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.apply_gradients(grads=grads)
+  # Finite gradients can still give a non-finite update (e.g. a huge step size).
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            & _all_finite((new_state.params, new_state.opt_state)))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                            new_state, state)
   metrics = {
@@ -152,13 +161,20 @@ class Placement:
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch = NamedSharding(self.mesh, P("data"))
+    # Several CPU devices in one process: XLA's in-process all-reduce rendezvous can
+    # abort ("Expected 2 threads to join, only 1 arrived") when steps are dispatched
+    # back to back; waiting for each step avoids it (docs/distributed.md).
+    self.sync_every_step = (jax.default_backend() == "cpu" and
+                            jax.local_device_count() > 1)
 
   def check_batch_size(self, batch_size: int, name: str) -> None:
     from mnist_jax.errors import ConfigError
     n = jax.device_count()
     if batch_size % n:
       raise ConfigError(f"config.{name}={batch_size} must be divisible by the "
-                        f"{n} devices of the data mesh; use a multiple of {n}.")
+                        f"{n} devices of the data mesh ({jax.process_count()} "
+                        f"processes x {jax.local_device_count()} devices); use a "
+                        f"multiple of {n}.")
 
   def put_batch(self, local_batch: dict) -> Batch:
     return {k: jax.make_array_from_process_local_data(self.batch, v)
@@ -179,6 +195,7 @@ def predict(params: Any, jit_eval_step: Callable, split: data.Split, batch_size:
 
   The last batch is padded to `batch_size` (one compilation) and the padding dropped.
   """
+  placement.check_batch_size(batch_size, "eval_batch_size")  # Also for --mode=eval.
   rows = data.process_slice(batch_size)
   logits, losses = [], []
   for batch in data.eval_batches(split, batch_size):
@@ -385,7 +402,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for i, m in enumerate(fetched):
       if not bool(m["finite"]):
         raise NonFiniteError(
-            f"non-finite loss or gradient at step {first_step + i + 1} (loss "
+            f"non-finite loss, gradient or update at step {first_step + i + 1} (loss "
             f"{float(m['loss'])}, grad norm {float(m['grad_norm'])}); the state "
             f"was not updated and nothing was saved. The last good checkpoint is "
             f"step {store.latest_step()}. Lower optimizer.learning_rate or set "
@@ -430,13 +447,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for batch in data.train_batches(train_split, order, start_step, total_steps,
                                       placement.put_batch):
         state, metrics = jit_train_step(state, batch)
+        if placement.sync_every_step:
+          jax.block_until_ready(state)
         pending.append(metrics)
         step += 1
         progress.update(1)
         epoch_end = step % spe == 0
         if step % config.log_every_steps == 0 or epoch_end or stop.received:
           flush(step)
-        if stop.received:
+        if stop.received and not epoch_end:
           stopped_by = stop.received
           save(step, force=True)
           break
@@ -449,10 +468,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
               history["epochs_since_best"] = 0
             else:
               history["epochs_since_best"] += 1
-          save(step, val)
+          save(step, val, force=bool(stop.received))
           patience = config.early_stopping_patience
           if patience and history["epochs_since_best"] >= patience:
             logging.info("Early stopping: no validation gain for %d epochs.", patience)
+            break
+          if stop.received:  # Stopped at an epoch end: validated and saved first.
+            stopped_by = stop.received
             break
         elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
           flush(step)

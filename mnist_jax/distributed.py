@@ -1,0 +1,129 @@
+"""Several processes, one program: setting up `jax.distributed` from flags or a cluster.
+
+JAX runs one Python process per host (or per GPU, as a launcher chooses); after
+`jax.distributed.initialize` every process sees all devices of the job, and
+`train.Placement` lays one `data` mesh over them. Each process feeds its own rows of
+every global batch (`data.process_slice`), so `config.batch_size` is the global batch.
+
+`initialize` must run before anything touches a JAX device. It decides, in order:
+
+1. Explicit arguments (`main`'s `--coordinator_address`, `--num_processes`,
+   `--process_id`): used as given; JAX's cluster detection fills the ones left out.
+2. The environment, read by `jax.distributed.initialize()` itself. It is called with no
+   arguments when one of these is present:
+   * `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` read here,
+     or a cluster below supplying them);
+   * SLURM with more than one task (`srun`): `SLURM_JOB_ID`, `SLURM_STEP_NODELIST`,
+     `SLURM_NTASKS`, `SLURM_PROCID`, `SLURM_LOCALID`; the coordinator is the first node
+     of the step, on a port derived from the job id;
+   * Open MPI with more than one rank (`mpirun`): `OMPI_MCA_orte_hnp_uri`,
+     `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_LOCAL_RANK`;
+   * a Cloud TPU VM (libtpu installed and TPU chips under /dev): JAX reads the worker
+     number and worker hostnames from the GCE metadata server (GKE: `TPU_WORKER_ID`,
+     `TPU_WORKER_HOSTNAMES`). A single-host TPU VM initializes as one process.
+3. Otherwise: one process, nothing to set up.
+
+With several processes, CPU collectives use gloo (TCP through the coordinator's key-value
+store). The setting only concerns JAX's CPU client, so it is harmless on GPU and TPU.
+"""
+
+import glob
+import importlib.util
+import os
+
+from absl import logging
+import jax
+
+from mnist_jax.errors import ConfigError
+
+
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value and value.strip().isdigit() else None
+
+
+def _on_tpu_vm() -> bool:
+  """libtpu installed and TPU chips present (without starting any JAX backend)."""
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def detect_cluster() -> str | None:
+  """Names the multi-process environment found in os.environ, or None.
+
+  Returns:
+    "slurm", "ompi", "tpu", "env" (only JAX_COORDINATOR_ADDRESS), or None for a plain
+    single-process run.
+  """
+  env = os.environ
+  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID")
+  if all(v in env for v in slurm_vars) and (_int_env("SLURM_NTASKS") or 1) > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in env and (_int_env("OMPI_COMM_WORLD_SIZE") or 1) > 1:
+    return "ompi"
+  if _on_tpu_vm():
+    return "tpu"
+  if env.get("JAX_COORDINATOR_ADDRESS"):  # Last: the clusters above also give the ids.
+    return "env"
+  return None
+
+
+def initialize(coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Starts `jax.distributed` from explicit arguments or the environment, if needed.
+
+  Call it once, before any JAX computation. Calling it again is a no-op.
+
+  Args:
+    coordinator_address: "host:port" of process 0's coordinator service, reachable from
+      every process (e.g. "10.0.0.1:1234"; "127.0.0.1:PORT" for processes on one
+      machine). None: from $JAX_COORDINATOR_ADDRESS or the cluster.
+    num_processes: how many processes take part. None: $JAX_NUM_PROCESSES or the
+      cluster.
+    process_id: this process's index in [0, num_processes). None: $JAX_PROCESS_ID or
+      the cluster.
+
+  Returns:
+    True if `jax.distributed` is initialized (now or before), False for a plain
+    single-process run.
+
+  Raises:
+    ConfigError: inconsistent arguments (one line, naming the flag to fix).
+  """
+  if jax.distributed.is_initialized():
+    return True
+  if num_processes is None:
+    num_processes = _int_env("JAX_NUM_PROCESSES")
+  if process_id is None:
+    process_id = _int_env("JAX_PROCESS_ID")
+  explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
+  cluster = detect_cluster()
+  if not explicit and cluster is None:
+    return False
+  if num_processes is not None and num_processes < 1:
+    raise ConfigError(f"--num_processes={num_processes} must be at least 1.")
+  if process_id is not None and num_processes is not None and \
+      not 0 <= process_id < num_processes:
+    raise ConfigError(f"--process_id={process_id} must be in [0, {num_processes}) for "
+                      f"--num_processes={num_processes}.")
+  if cluster in (None, "env") and None in (num_processes, process_id):
+    raise ConfigError("without SLURM, Open MPI or a TPU VM to read them from, "
+                      "--coordinator_address, --num_processes and --process_id must "
+                      "all be given (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                      "JAX_PROCESS_ID).")
+  if cluster is None and coordinator_address is None:
+    raise ConfigError("--coordinator_address=HOST:PORT (process 0's address, reachable "
+                      "from every process) is needed with --num_processes/--process_id.")
+  if num_processes is None or num_processes > 1:
+    # Cross-process all-reduce on CPU needs an implementation; gloo needs nothing but
+    # the coordinator. Must be set before the CPU client is created.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info("jax.distributed: process %d of %d (%s), %d local / %d global devices.",
+               jax.process_index(), jax.process_count(), cluster or "flags",
+               jax.local_device_count(), jax.device_count())
+  return True

@@ -1,0 +1,253 @@
+"""Data parallelism: several processes (jax.distributed + gloo) and several local devices.
+
+Each run is a fresh `python -m mnist_jax.main` on a tiny real-MNIST subset (4 steps of
+a global batch of 50), killed if it outlives `_TIMEOUT`. Runs with 2 processes or 2
+devices must train to the parameters of the 1-device run and evaluate every example
+exactly once.
+"""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, run_main
+from mnist_jax import checkpoints
+from mnist_jax import config as config_lib
+from mnist_jax import distributed
+from mnist_jax import train
+from mnist_jax.errors import ConfigError
+
+pytestmark = pytest.mark.distributed
+
+_TIMEOUT = 240  # Seconds per command; a run takes ~25 s alone, ~45 s as 2 processes.
+_STEPS = 4  # 200 training examples / global batch 50, one epoch.
+_TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _args(workdir, tfds_dir, data_root, *extra):
+  return ["--config=experiments/seed_lstm.py", f"--workdir={workdir}",
+          f"--config.data.tfds_dir={tfds_dir}",
+          f"--config.data.manual_dir={data_root / 'mnist'}",
+          "--config.num_epochs=1", "--config.max_train_examples=200",
+          "--config.max_eval_examples=200", "--config.batch_size=50",
+          # 200 = 3 x 64 + 8: the last eval batch is padded, and 64 splits over 2.
+          "--config.eval_batch_size=64", "--config.model.hidden_size=16",
+          "--config.log_every_steps=2", *extra]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(args: list[str], num: int, logdir) -> list[str]:
+  """Runs `num` processes of main with a local coordinator; returns their outputs."""
+  port = _free_port()
+  procs, logs = [], []
+  for i in range(num):
+    log = open(logdir / f"process_{i}.log", "w+")
+    logs.append(log)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "mnist_jax.main", *args,
+         f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num}",
+         f"--process_id={i}"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True))
+  deadline = time.monotonic() + _TIMEOUT
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 1))
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in procs:  # SIGKILL: jax.distributed traps SIGTERM for preemption.
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{outputs[i][-3000:]}"
+  return outputs
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _state(workdir, step: int = _STEPS):
+  """The train state of checkpoint `step`, restored in this (1-device) process."""
+  cfg = config_lib.resolve(train.load_workdir_config(str(workdir)))
+  target = train.create_train_state(cfg, jax.random.PRNGKey(cfg.seed), _STEPS)
+  store = checkpoints.CheckpointStore(str(workdir / "checkpoints"), read_only=True)
+  state, _ = store.restore(step, target)
+  store.close()
+  return jax.device_get(state)
+
+
+def _results(workdir) -> dict:
+  """Test metrics, predictions and logged metrics a run left in its workdir."""
+  with open(workdir / "eval" / "test_predictions.csv") as f:
+    rows = list(csv.DictReader(f))
+  return {
+      "metrics": json.loads((workdir / "eval" / "test_metrics.json").read_text()),
+      "indices": [int(r["index"]) for r in rows],
+      "labels": [int(r["label"]) for r in rows],
+      "predicted": [int(r["predicted"]) for r in rows],
+      "logged": [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()],
+  }
+
+
+def _assert_same_training(workdir, reference) -> None:
+  a, b = _state(workdir), _state(reference)
+  assert int(a.step) == int(b.step) == _STEPS
+  flat_a, flat_b = jax.tree.leaves(a.params), jax.tree.leaves(b.params)
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    # Only the order of the batch-mean reduction differs: float round-off, not data.
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _assert_same_results(results: dict, reference: dict) -> None:
+  m, ref = results["metrics"], reference["metrics"]
+  assert m["num_examples"] == ref["num_examples"] == 200
+  assert results["indices"] == list(range(200))  # Every example once, in order.
+  assert results["labels"] == reference["labels"]
+  assert results["predicted"] == reference["predicted"]
+  assert m["accuracy"] == ref["accuracy"]
+  assert m["confusion_matrix"] == ref["confusion_matrix"]
+  assert m["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, tfds_dir, data_root):
+  workdir = tmp_path_factory.mktemp("one_device") / "run"
+  _check(run_main(*_args(workdir, tfds_dir, data_root), timeout=_TIMEOUT))
+  return workdir, _results(workdir)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tfds_dir, data_root):
+  logdir = tmp_path_factory.mktemp("two_processes")
+  workdir = logdir / "run"
+  outputs = _run_processes(_args(workdir, tfds_dir, data_root), 2, logdir)
+  return workdir, _results(workdir), outputs
+
+
+def test_two_processes_train_and_evaluate_like_one(two_processes, one_device):
+  workdir, results, outputs = two_processes
+  _assert_same_training(workdir, one_device[0])
+  _assert_same_results(results, one_device[1])
+  assert "process 1 of 2" in outputs[1] and "1 local / 2 global devices" in outputs[1]
+  for logged, ref in zip(results["logged"], one_device[1]["logged"]):
+    assert (logged["split"], logged["step"]) == (ref["split"], ref["step"])
+    assert logged["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_only_process_zero_writes(two_processes):
+  workdir, results, outputs = two_processes
+  events = [(r["split"], r["step"]) for r in results["logged"]]
+  assert events == [("train", 2), ("train", 4), ("validation", 4)]  # Not twice.
+  assert sorted(os.listdir(workdir / "checkpoints")) == [str(_STEPS)]
+  assert "confusion matrix" in outputs[0] and "Report:" in outputs[0]
+  assert "confusion matrix" not in outputs[1] and "Report:" not in outputs[1]
+  assert not [f for f in os.listdir(workdir) if ".tmp-" in f]
+
+
+def test_two_process_checkpoint_restores_in_one_process(two_processes, tfds_dir):
+  workdir, results, _ = two_processes
+  proc = run_main("--mode=eval", f"--workdir={workdir}", "--checkpoint=latest",
+                  timeout=_TIMEOUT)
+  _check(proc)
+  _assert_same_results(_results(workdir), results)
+
+
+def test_two_local_devices_train_and_evaluate_like_one(tmp_path, tfds_dir, data_root,
+                                                       one_device):
+  # XLA's in-process all-reduce needs each step waited for (train.Placement
+  # .sync_every_step); dispatched back to back it can abort after ~40 s.
+  workdir = tmp_path / "run"
+  _check(run_main(*_args(workdir, tfds_dir, data_root), env=_TWO_DEVICES,
+                  timeout=_TIMEOUT))
+  _assert_same_training(workdir, one_device[0])
+  _assert_same_results(_results(workdir), one_device[1])
+
+
+def test_batch_not_divisible_by_devices_is_one_line_error(tmp_path, tfds_dir,
+                                                          data_root):
+  proc = run_main(*_args(tmp_path / "run", tfds_dir, data_root,
+                         "--config.batch_size=25"), env=_TWO_DEVICES, timeout=_TIMEOUT)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.batch_size=25 must be divisible by the 2 "
+                         "devices"), proc.stderr[-2000:]
+
+
+def test_eval_batch_not_divisible_by_devices_is_one_line_error(one_device):
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}  # 64 % 3 != 0.
+  proc = run_main("--mode=eval", f"--workdir={one_device[0]}", env=env,
+                  timeout=_TIMEOUT)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.eval_batch_size=64 must be divisible by the 3 "
+                         "devices"), proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------
+# initialize(): which environment it reads, and its one-line errors (no JAX started).
+# ----------------------------------------------------------------------------------
+_CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                 "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                 "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE")
+
+
+@pytest.fixture
+def plain_env(monkeypatch):
+  for var in _CLUSTER_VARS:
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr(distributed, "_on_tpu_vm", lambda: False)
+  return monkeypatch
+
+
+def test_single_process_needs_no_setup(plain_env):
+  assert distributed.detect_cluster() is None
+  assert distributed.initialize() is False
+
+
+def test_detects_slurm_and_open_mpi_only_with_several_tasks(plain_env):
+  for var, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]",
+                     "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                     "SLURM_LOCALID": "0"}.items():
+    plain_env.setenv(var, value)
+  assert distributed.detect_cluster() is None  # One task: a plain run.
+  plain_env.setenv("SLURM_NTASKS", "2")
+  assert distributed.detect_cluster() == "slurm"
+  plain_env.delenv("SLURM_JOB_ID")
+  plain_env.setenv("OMPI_MCA_orte_hnp_uri", "123.0;tcp://10.0.0.1:5000")
+  plain_env.setenv("OMPI_COMM_WORLD_SIZE", "4")
+  assert distributed.detect_cluster() == "ompi"
+
+
+@pytest.mark.parametrize("kwargs,phrase", [
+    ({"num_processes": 2, "process_id": 0}, "--coordinator_address=HOST:PORT"),
+    ({"coordinator_address": "127.0.0.1:1234"}, "must all be given"),
+    ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 2},
+     "--process_id=2 must be in [0, 2)"),
+    ({"coordinator_address": "127.0.0.1:1234", "num_processes": 0, "process_id": 0},
+     "--num_processes=0 must be at least 1"),
+])
+def test_inconsistent_arguments_are_config_errors(plain_env, kwargs, phrase):
+  with pytest.raises(ConfigError, match=None) as e:
+    distributed.initialize(**kwargs)
+  assert phrase in str(e.value) and "\n" not in str(e.value)

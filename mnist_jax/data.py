@@ -115,6 +115,8 @@ def prepare(data_config):
   manual_dir = data_config.manual_dir
   if manual_dir is not None:
     check_manual_files(name, manual_dir)
+    # A download dir per dataset: mnist and fashion_mnist share file names, and tfds'
+    # shared extraction cache would otherwise feed one dataset's files to the other.
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   else:
     if not _network_reachable(_DOWNLOAD_HOSTS[name]):
@@ -125,7 +127,11 @@ def prepare(data_config):
           f"MNIST_JAX_MANUAL_DIR to a folder holding {name}/ (e.g. ../shared/data).")
     download_config = tfds.download.DownloadConfig()
   try:
-    builder.download_and_prepare(download_config=download_config)
+    # A download dir per dataset: mnist and fashion_mnist share file names, and tfds'
+    # shared extraction cache would otherwise feed one dataset's files to the other.
+    builder.download_and_prepare(
+        download_dir=os.path.join(builder.data_dir_root, "downloads", name),
+        download_config=download_config)
   except Exception as e:  # tfds raises many types; the message is what matters.
     raise DataError(f"preparing {name} with tfds failed: {type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}") from e

@@ -121,3 +121,16 @@ def test_random_shift_moves_content_and_keeps_mass():
 def test_check_manual_files_accepts_the_canonical_files(data_root):
   data.check_manual_files("mnist", str(data_root / "mnist"))
   data.check_manual_files("fashion_mnist", str(data_root / "fashion_mnist"))
+
+
+def test_fashion_and_mnist_in_one_tfds_dir_stay_distinct(tfds_dir, data_root):
+  """Both datasets use the same file names; tfds must not mix their downloads."""
+  cfg = config_lib.get_config()
+  cfg.data.tfds_dir = tfds_dir
+  cfg.data.manual_dir = str(data_root / "mnist")
+  cfg.max_eval_examples = 200
+  mnist = data.load_splits(config_lib.resolve(cfg))["test"]
+  cfg.data.name, cfg.data.manual_dir = "fashion_mnist", str(data_root / "fashion_mnist")
+  fashion = data.load_splits(config_lib.resolve(cfg))["test"]
+  assert not np.array_equal(mnist.images, fashion.images)
+  assert fashion.images.mean() > 1.5 * mnist.images.mean()  # Clothes cover more pixels.

@@ -19,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _data_root() -> pathlib.Path:
   env = os.environ.get(config_lib.MANUAL_DIR_ENV)
-  return pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+  return (pathlib.Path(env) if env else REPO.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,9 @@
   [batch, 28, 28] -> float32 [batch, time, features].
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import os
@@ -112,11 +114,37 @@ def prepare(data_config):
   builder = tfds.builder(name, data_dir=data_config.tfds_dir)
   if builder.is_prepared():
     return builder
+  # Several processes of one job (or several jobs) may start on the same data dir:
+  # one prepares while the others wait, then find it prepared.
+  with _exclusive(os.path.join(builder.data_dir_root, f".{name}.prepare.lock")):
+    builder = tfds.builder(name, data_dir=data_config.tfds_dir)
+    if builder.is_prepared():
+      return builder
+    return _download_and_prepare(builder, data_config)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  """Holds an exclusive lock on `lock_path` (flock: works across processes and, on
+  Linux, on NFS) for the duration of the block; no lock on object stores (gs://)."""
+  if "://" in lock_path:
+    yield
+    return
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download_and_prepare(builder, data_config):
+  tfds = _tfds()
+  name = data_config.name
   manual_dir = data_config.manual_dir
   if manual_dir is not None:
     check_manual_files(name, manual_dir)
-    # A download dir per dataset: mnist and fashion_mnist share file names, and tfds'
-    # shared extraction cache would otherwise feed one dataset's files to the other.
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   else:
     if not _network_reachable(_DOWNLOAD_HOSTS[name]):

@@ -291,10 +291,18 @@ class MetricWriter:
 # The loop.
 # ----------------------------------------------------------------------------------
 class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag checked between steps (preemption notice)."""
+  """Turns SIGTERM/SIGINT into a stop decision taken between steps (preemption notice).
 
-  def __init__(self):
+  With one process the decision is the local flag, checked after every step. With
+  several, a signal may reach only some of them (a pod scheduler preempting one
+  host), and a process that stops alone leaves the others blocked in the next
+  collective. So every `check_every` steps (and at epoch ends) all processes share
+  their flags in one small all-gather and stop together, at the same step.
+  """
+
+  def __init__(self, check_every: int = 10):
     self.received = None
+    self.check_every = check_every
     self._previous = {}
 
   def __enter__(self):
@@ -307,6 +315,24 @@ class _StopSignal:
     if self.received is not None:  # Second signal: stop now.
       raise KeyboardInterrupt
     self.received = signal.Signals(signum).name
+
+  def decision(self, step: int, epoch_end: bool) -> str | None:
+    """The signal all processes stop for after `step`, or None to go on.
+
+    Every process must call this after every step: with several processes it is a
+    collective at the steps where it checks.
+    """
+    if jax.process_count() == 1:
+      return self.received
+    if step % self.check_every and not epoch_end:
+      return None
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(
+        np.int32(self.received is not None))
+    if not np.any(flags):
+      return None
+    first = int(np.argmax(flags))
+    return self.received or f"a signal to process {first}"
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -453,10 +479,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += 1
         progress.update(1)
         epoch_end = step % spe == 0
-        if step % config.log_every_steps == 0 or epoch_end or stop.received:
+        stopping = stop.decision(step, epoch_end)
+        if step % config.log_every_steps == 0 or epoch_end or stopping:
           flush(step)
-        if stop.received and not epoch_end:
-          stopped_by = stop.received
+        if stopping and not epoch_end:
+          stopped_by = stopping
           save(step, force=True)
           break
         if epoch_end:
@@ -468,13 +495,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
               history["epochs_since_best"] = 0
             else:
               history["epochs_since_best"] += 1
-          save(step, val, force=bool(stop.received))
+          save(step, val, force=bool(stopping))
           patience = config.early_stopping_patience
           if patience and history["epochs_since_best"] >= patience:
             logging.info("Early stopping: no validation gain for %d epochs.", patience)
             break
-          if stop.received:  # Stopped at an epoch end: validated and saved first.
-            stopped_by = stop.received
+          if stopping:  # Stopped at an epoch end: validated and saved first.
+            stopped_by = stopping
             break
         elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
           flush(step)

@@ -9,6 +9,8 @@ exactly once.
 import csv
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -202,6 +204,76 @@ def test_eval_batch_not_divisible_by_devices_is_one_line_error(one_device):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: config.eval_batch_size=64 must be divisible by the 3 "
                          "devices"), proc.stderr[-2000:]
+
+
+def _start_processes(args: list[str], num: int, logdir) -> list[subprocess.Popen]:
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, "-m", "mnist_jax.main", *args,
+       f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num}",
+       f"--process_id={i}"],
+      cwd=REPO, stdout=open(logdir / f"process_{i}.log", "w"),
+      stderr=subprocess.STDOUT, text=True) for i in range(num)]
+
+
+def test_signal_to_one_process_stops_all_at_the_same_step(tmp_path, tfds_dir,
+                                                          data_root):
+  # A pod scheduler may preempt one host only. The process that got SIGTERM must not
+  # leave alone (the others would block in their next all-reduce): all processes
+  # agree, stop after the same step, save one checkpoint together and exit 0.
+  workdir = tmp_path / "run"
+  args = _args(workdir, tfds_dir, data_root, "--config.max_train_examples=2000",
+               "--config.num_epochs=50")  # 2,000 steps: still running when signalled.
+  procs = _start_processes(args, 2, tmp_path)
+  log1 = tmp_path / "process_1.log"
+  try:
+    deadline = time.monotonic() + _TIMEOUT
+    while "step 4/" not in log1.read_text():  # Training has started on process 1.
+      assert procs[1].poll() is None, log1.read_text()[-3000:]
+      assert time.monotonic() < deadline, "training did not start"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # Process 0 (the coordinator) gets nothing.
+    for p in procs:
+      p.wait(timeout=_TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outputs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{outputs[i][-3000:]}"
+  stops = [re.search(r"Stopped by (.+) at step (\d+);", out) for out in outputs]
+  assert all(stops), [out[-2000:] for out in outputs]
+  assert stops[1].group(1) == "SIGTERM"
+  assert stops[0].group(1) == "a signal to process 1"
+  step = int(stops[0].group(2))
+  assert int(stops[1].group(2)) == step and 4 <= step < 2000
+  assert int(_state(workdir, step).step) == step  # The shared checkpoint restores.
+  assert not [f for f in os.listdir(workdir / "checkpoints") if "tmp" in f]
+
+
+def test_concurrent_prepare_of_one_data_dir(tmp_path, data_root):
+  # Processes of one job starting together on a shared, unprepared data dir: one
+  # prepares under a file lock, the others wait and reuse it.
+  script = ("import sys; from mnist_jax import config as c, data; "
+            "cfg = c.get_config(); cfg.data.tfds_dir = sys.argv[1]; "
+            "cfg.data.manual_dir = sys.argv[2]; b = data.prepare(cfg.data); "
+            "print(b.info.splits['train'].num_examples, "
+            "b.info.splits['test'].num_examples)")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "tfds"),
+                             str(data_root / "mnist")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outputs = []
+  for p in procs:
+    out, err = p.communicate(timeout=_TIMEOUT)
+    assert p.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1].split() == ["60000", "10000"]
+    outputs.append(out + err)
+  # tfds announces the work it does: exactly one process prepared the dataset.
+  assert sum("Downloading and preparing" in out for out in outputs) == 1, outputs
+  assert [d for d in os.listdir(tmp_path / "tfds" / "mnist")] == ["3.0.1"]
 
 
 # ----------------------------------------------------------------------------------

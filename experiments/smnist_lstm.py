@@ -13,9 +13,10 @@ from mnist_jax.config import get_config as base_config
 
 def get_config():
   config = base_config()
-  config.num_epochs = 30
-  config.batch_size = 100
+  config.num_epochs = 12  # ~2 h on one core of the 2-core CPU (108 ex/s).
+  config.batch_size = 50
   config.data.sequence = "pixels"
+  config.data.standardize = True
   config.model.name = "lstm"
   config.model.hidden_size = 128
   config.optimizer.name = "adam"
@@ -23,5 +24,5 @@ def get_config():
   config.optimizer.schedule = "warmup_cosine"
   config.optimizer.warmup_epochs = 1.0
   config.optimizer.grad_clip_norm = 1.0  # 784-step BPTT: clipping avoids blow-ups.
-  config.checkpoint_every_steps = 100  # Long epochs: lose little on preemption.
+  config.checkpoint_every_steps = 200  # Long epochs: lose little on preemption.
   return config

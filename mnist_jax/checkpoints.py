@@ -58,8 +58,12 @@ class CheckpointStore:
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None,
            force: bool = False) -> None:
-    """Starts an asynchronous save; raises if an earlier background save failed."""
-    self.manager.check_for_errors()
+    """Starts an asynchronous save; raises if an earlier background save failed.
+
+    Raises:
+      WorkdirError: an earlier background save failed (disk full, permissions).
+    """
+    self._raise_save_errors(self.manager.check_for_errors)
     self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -115,9 +119,33 @@ class CheckpointStore:
           f"{', '.join(map(str, sorted(others))) or 'none'}).") from e
 
   def wait(self) -> None:
-    """Blocks until background saves finish; raises the error of a failed one."""
-    self.manager.wait_until_finished()
-    self.manager.check_for_errors()
+    """Blocks until background saves finish.
+
+    Raises:
+      WorkdirError: a background save failed (disk full, permissions).
+    """
+    self._raise_save_errors(self.manager.wait_until_finished)
+    self._raise_save_errors(self.manager.check_for_errors)
+
+  def _raise_save_errors(self, call) -> None:
+    """Runs `call`; a failed background save becomes one line naming its root cause.
+
+    Orbax re-raises the background thread's error wrapped in its own; the innermost
+    message ("No space left on device", "Permission denied") is what users can act on.
+    """
+    try:
+      call()
+    except Exception as e:  # Whatever the background write raised.
+      root = e
+      while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+      detail = " ".join(str(root).split())[:300] or type(root).__name__
+      good = self.steps()
+      raise WorkdirError(
+          f"saving a checkpoint in {self.directory} failed ({type(root).__name__}: "
+          f"{detail}); the checkpoints already written are intact (steps: "
+          f"{', '.join(map(str, sorted(good))) or 'none'}). Fix the cause (free "
+          f"space, permissions), then run the same command again to resume.") from e
 
   def close(self) -> None:
     self.manager.close()

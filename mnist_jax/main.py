@@ -42,6 +42,8 @@ class _QuietLibraries(pylogging.Filter):
   """Drops INFO chatter from Orbax and TensorFlow; warnings and errors still show."""
 
   def filter(self, record):
+    if "did not provide metrics" in record.getMessage():
+      return False  # Orbax, for every mid-epoch checkpoint: saved without val metrics.
     noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
                 for lib in ("orbax", "tensorflow", "tensorflow_datasets", "jax"))
     return record.levelno >= pylogging.WARNING or not noisy

@@ -36,6 +36,21 @@ NUM_ERRORS = 24  # Images in the most-confident-errors grid.
 # ----------------------------------------------------------------------------------
 # Reading a workdir.
 # ----------------------------------------------------------------------------------
+# tfds' label order for each dataset; MNIST's classes are the digits themselves.
+CLASS_NAMES = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+
+
+def class_names(config: dict) -> tuple[str, ...]:
+  """Display names of the classes of the workdir config's dataset (indices if unknown)."""
+  n = config.get("model", {}).get("num_classes", 10)
+  names = CLASS_NAMES.get(config.get("data", {}).get("name"))
+  return names if names is not None and len(names) == n else tuple(map(str, range(n)))
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """Records of `metrics.jsonl`; a step logged twice (resumed run) keeps the last."""
   path = os.path.join(workdir, "metrics.jsonl")
@@ -137,9 +152,11 @@ def plot_learning_curves(curves: dict, path: str, title: str = "") -> None:
   plt.close(fig)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "") -> None:
+def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
+                          names: Sequence[str] | None = None) -> None:
   matrix = np.asarray(matrix)
   n = len(matrix)
+  names = list(names) if names is not None else [str(i) for i in range(n)]
   fig, ax = plt.subplots(figsize=(7, 6))
   image = ax.imshow(matrix, cmap="Blues")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -148,8 +165,9 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "") -> Non
     for j in range(n):
       ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
               color="white" if matrix[i, j] > threshold else "black")
-  ax.set_xticks(range(n))
-  ax.set_yticks(range(n))
+  ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 2 else 0,
+                ha="right" if max(map(len, names)) > 2 else "center")
+  ax.set_yticks(range(n), names)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   ax.set_title(title or "confusion matrix")
@@ -168,8 +186,10 @@ def most_confident_errors(labels: np.ndarray, probs: np.ndarray,
 
 
 def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                path: str, title: str = "") -> None:
+                path: str, title: str = "",
+                names: Sequence[str] | None = None) -> None:
   """A grid of images titled 'true T / pred P (prob)'; `images` is [k, 28, 28]."""
+  names = list(names) if names is not None else [str(i) for i in range(probs.shape[-1])]
   k = len(images)
   cols = min(max(k, 1), 8)
   rows = max(1, int(np.ceil(k / cols)))
@@ -180,7 +200,7 @@ def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   for ax, image, label, p in zip(axes.flat, images, labels, probs):
     pred = int(p.argmax())
     ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
-    ax.set_title(f"true {label} / pred {pred}\np={p[pred]:.2f}", fontsize=8)
+    ax.set_title(f"true {names[label]}\npred {names[pred]} p={p[pred]:.2f}", fontsize=8)
   if k == 0:
     axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
   fig.suptitle(title or "most confident errors", fontsize=10)
@@ -202,7 +222,7 @@ def _summary(config: dict) -> str:
           f"{' bi' if m.get('bidirectional') else ''} on {d['name']} {d['sequence']}")
 
 
-def _metrics_table(metrics: dict) -> str:
+def _metrics_table(metrics: dict, names: Sequence[str]) -> str:
   lines = ["| metric | value |", "|---|---|"]
   lines += [f"| accuracy | {_pct(metrics['accuracy'])} |",
             f"| loss | {metrics['loss']:.4f} |",
@@ -213,7 +233,8 @@ def _metrics_table(metrics: dict) -> str:
   lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
   p, r, f = metrics["precision"], metrics["recall"], metrics["f1"]
   for c, support in enumerate(metrics["support"]):
-    lines.append(f"| {c} | {p['per_class'][c]:.4f} | {r['per_class'][c]:.4f} | "
+    label = str(c) if names[c] == str(c) else f"{c} {names[c]}"
+    lines.append(f"| {label} | {p['per_class'][c]:.4f} | {r['per_class'][c]:.4f} | "
                  f"{f['per_class'][c]:.4f} | {support} |")
   return "\n".join(lines)
 
@@ -241,6 +262,7 @@ def write_report(workdir: str, split: str | None = None,
   out_dir = os.path.join(workdir, REPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   title = _summary(config)
+  names = class_names(config)
   paths = {}
   curves = per_epoch(read_metrics(workdir))
   paths["learning_curves"] = os.path.join(out_dir, "learning_curves.png")
@@ -263,8 +285,9 @@ def write_report(workdir: str, split: str | None = None,
   else:
     paths["confusion_matrix"] = os.path.join(out_dir, "confusion_matrix.png")
     plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
-                          paths["confusion_matrix"], f"{split} confusion matrix")
-    md += [f"## {split.capitalize()} metrics", "", _metrics_table(metrics), "",
+                          paths["confusion_matrix"], f"{split} confusion matrix",
+                          names)
+    md += [f"## {split.capitalize()} metrics", "", _metrics_table(metrics, names), "",
            "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
            "![confusion matrix](confusion_matrix.png)", ""]
     index, labels, probs = read_predictions(workdir, split)
@@ -279,7 +302,7 @@ def write_report(workdir: str, split: str | None = None,
     else:
       paths["most_confident_errors"] = os.path.join(out_dir, "most_confident_errors.png")
       plot_errors(grid, labels[rows], probs[rows], paths["most_confident_errors"],
-                  f"{split}: the {len(rows)} most confident errors")
+                  f"{split}: the {len(rows)} most confident errors", names)
       md += ["## Most confident errors", "",
              f"The {len(rows)} wrong {split} predictions with the highest predicted "
              f"probability (of {int((probs.argmax(-1) != labels).sum())} errors).", "",

@@ -109,3 +109,18 @@ def test_compare_table_and_plot(tmp_path, tiny_resolved):
 def test_not_a_workdir_is_one_line(tmp_path):
   with pytest.raises(report.WorkdirError, match="config.json"):
     report.write_report(str(tmp_path))
+
+
+def test_fashion_mnist_report_names_its_classes(tmp_path, tiny_resolved):
+  """Fashion-MNIST's class indices mean nothing to a reader: tables and plots name them."""
+  config = config_lib.config_dict.ConfigDict(tiny_resolved.to_dict())
+  config.data.name = "fashion_mnist"
+  assert report.class_names(config.to_dict())[9] == "Ankle boot"
+  assert report.class_names(tiny_resolved.to_dict()) == tuple("0123456789")
+  workdir = _fake_workdir(tmp_path / "run", config)
+  images = np.zeros((NUM_EVAL, 28, 28), np.uint8)  # No fashion_mnist needed here.
+  paths = report.write_report(str(workdir), images=images)
+  md = (workdir / "report" / "report.md").read_text()
+  assert "| 9 Ankle boot |" in md and "| 0 T-shirt/top |" in md
+  for key in ("confusion_matrix", "most_confident_errors"):
+    _assert_png(paths[key])

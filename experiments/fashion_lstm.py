@@ -7,23 +7,14 @@ must hold fashion_mnist/). Target: >= 90.0% test accuracy. Measured here: see RE
 "Results".
 """
 
-from mnist_jax.config import get_config as base_config
+import os
+
+from mnist_jax.config import from_experiment
 
 
 def get_config():
-  config = base_config()
-  config.num_epochs = 20
-  config.batch_size = 128
+  config = from_experiment(os.path.join(os.path.dirname(__file__), "lstm.py"))
   config.data.name = "fashion_mnist"
-  config.data.augment_max_shift = 1
-  config.model.name = "lstm"
-  config.model.hidden_size = 128
-  config.model.num_layers = 2
+  config.data.augment_max_shift = 1  # lstm.py: 2.
   config.model.dropout = 0.2
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 2e-3
-  config.optimizer.weight_decay = 1e-2
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_epochs = 1.0
-  config.optimizer.grad_clip_norm = 1.0
   return config

@@ -9,22 +9,14 @@ Published: 88.0% test accuracy for LSTM(128) on psMNIST (Arjovsky, Shah & Bengio
 2-core CPU).
 """
 
-from mnist_jax.config import get_config as base_config
+import os
+
+from mnist_jax.config import from_experiment
 
 
 def get_config():
-  config = base_config()
-  config.num_epochs = 30
-  config.batch_size = 100
+  config = from_experiment(os.path.join(os.path.dirname(__file__), "smnist_lstm.py"))
   config.data.sequence = "permuted_pixels"
   config.data.permutation = "random"
   config.data.permutation_seed = 0
-  config.model.name = "lstm"
-  config.model.hidden_size = 128
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_epochs = 1.0
-  config.optimizer.grad_clip_norm = 1.0
-  config.checkpoint_every_steps = 100
   return config

@@ -5,6 +5,7 @@ command line any field can be overridden, e.g. `--config.num_epochs=1
 --config.model.hidden_size=64`; the config is locked, so a misspelt key is an error.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -92,6 +93,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_train_examples = config_dict.placeholder(int)  # Subset for smoke tests.
   config.max_eval_examples = config_dict.placeholder(int)  # Subset for smoke tests.
   return config
+
+
+def from_experiment(name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of another experiment file, for experiments that vary one.
+
+  Config files are loaded by path (`--config=experiments/x.py`), not as a package, so
+  they cannot import each other; `experiments/psmnist_lru.py` starts from its sibling
+  with `from_experiment(os.path.join(os.path.dirname(__file__), "smnist_lru.py"))`.
+
+  Args:
+    name: path of the config file.
+  """
+  if not os.path.isfile(name):
+    raise ConfigError(f"experiment config file {name} does not exist.")
+  module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(name))[0]
+  spec = importlib.util.spec_from_file_location(module_name, name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

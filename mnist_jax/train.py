@@ -403,6 +403,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Resumed from checkpoint at step %d (epoch %.2f).", latest,
                  latest / spe)
   start_step = int(jax.device_get(state.step))
+  patience = config.early_stopping_patience
+  if patience and history["epochs_since_best"] >= patience:
+    # This workdir already early-stopped: running the command again must not train on.
+    logging.info("Early-stopped at step %d (no validation gain for %d epochs); "
+                 "nothing left to train.", start_step, history["epochs_since_best"])
+    total_steps = start_step
 
   jit_train_step = jax.jit(
       functools.partial(train_step, preprocess=preprocess,
@@ -496,7 +502,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             else:
               history["epochs_since_best"] += 1
           save(step, val, force=bool(stopping))
-          patience = config.early_stopping_patience
           if patience and history["epochs_since_best"] >= patience:
             logging.info("Early stopping: no validation gain for %d epochs.", patience)
             break

@@ -10,7 +10,7 @@ from mnist_jax.errors import ConfigError
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 REQUIRED = ["seed_rnn", "seed_lstm", "lstm", "gru", "smnist_lstm", "psmnist_lstm",
-            "fashion_lstm"]
+            "fashion_lstm", "smnist_lru", "psmnist_lru"]
 
 
 def load_experiment(name):
@@ -35,6 +35,24 @@ def test_every_experiment_file_resolves():
     module = load_experiment(path.stem)
     if hasattr(module, "get_config"):
       config_lib.resolve(module.get_config())
+
+
+@pytest.mark.parametrize("variant,base,changed", [
+    ("psmnist_lstm", "smnist_lstm", set()),
+    ("psmnist_lru", "smnist_lru", {"num_epochs"}),
+    ("fashion_lstm", "lstm", {"model"}),
+])
+def test_variants_differ_from_their_base_only_where_they_say(variant, base, changed):
+  """Experiments built with config.from_experiment inherit the rest of their base."""
+  a = config_lib.from_experiment(str(EXPERIMENTS / f"{variant}.py")).to_dict()
+  b = config_lib.from_experiment(str(EXPERIMENTS / f"{base}.py")).to_dict()
+  assert {k for k in a if a[k] != b[k]} == changed | {"data"}
+  assert a["optimizer"] == b["optimizer"]
+
+
+def test_from_experiment_missing_file_is_config_error(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.from_experiment(str(tmp_path / "nope.py"))
 
 
 def test_seed_recipes_are_the_notebooks():

@@ -1,6 +1,7 @@
 """Train state and steps: every parameter learns, bad steps are refused, RNG per step."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -101,3 +102,21 @@ def test_eval_step_padding_is_dropped(make_tiny_config):
   assert logits.shape == (300, 10) and losses.shape == (300,)
   full, _ = train.predict(state.params, step, splits["test"], 300, placement)
   np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
+
+
+def test_early_stopping_stops_and_a_rerun_does_not_train_on(make_tiny_config, tmp_path):
+  # learning_rate 1e-12: validation accuracy never improves after epoch 1, so
+  # patience 1 stops after epoch 2 of 5 (6 steps per epoch).
+  cfg = make_tiny_config(num_epochs=5, early_stopping_patience=1,
+                         **{"optimizer.learning_rate": 1e-12})
+  workdir = str(tmp_path / "run")
+  first = train.train(cfg, workdir)
+  assert first["completed"] and first["step"] == 12
+  again = train.train(cfg, workdir)  # The same command once more.
+  assert again["completed"] and again["step"] == 12
+  logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+  assert max(r["step"] for r in logged) == 12
+  more_patience = make_tiny_config(num_epochs=5, early_stopping_patience=3,
+                                   **{"optimizer.learning_rate": 1e-12})
+  assert train.train(more_patience, workdir)["step"] == 24  # Raised: trains on.

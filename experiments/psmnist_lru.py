@@ -5,8 +5,10 @@
 The permutation is `np.random.default_rng(0).permutation(784)` (data.permutation =
 "random", data.permutation_seed = 0), saved as WORKDIR/permutation.npy; for the
 bit-reversal order some papers use: --config.data.permutation=bit_reversal.
-5 epochs instead of 6 to fit beside another run in the session. Target: >= 90% test accuracy within a 2-hour run. Measured here: see
-experiments/RESULTS.md.
+5 epochs instead of 6 to fit beside another run in the session. Measured here (2026-11-25, one core of the 2-core CPU, the other busy), random
+permutation seed 0: 92.57% test accuracy, macro F1 0.925, 5 epochs, 81 min start to
+report (validation 69.9, 82.1, 88.5, 91.4, 92.4% after epochs 1-5: still rising).
+See experiments/RESULTS.md.
 """
 
 import os

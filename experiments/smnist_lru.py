@@ -5,7 +5,9 @@
 Linear Recurrent Unit (Orvieto et al., 2023, arXiv:2303.06349): LayerNorm -> LRU ->
 GELU -> GLU -> residual, mean over time -> Dense. Sized for a 2-hour budget on one core
 of this 2-core CPU (~59 training examples/s, batch 50): the paper's models are far wider.
-Target: >= 97% test accuracy within a 2-hour run. Measured here: see experiments/RESULTS.md.
+Measured here (2026-11-25, one core of the 2-core CPU, the other busy): 97.80% test
+accuracy, macro F1 0.978, 6 epochs, 98 min start to report (validation 83.5, 92.9,
+94.1, 96.5, 97.0, 97.6% after epochs 1-6). See experiments/RESULTS.md.
 """
 
 from mnist_jax.config import get_config as base_config

@@ -64,13 +64,14 @@ class CheckpointStore:
       WorkdirError: an earlier background save failed (disk full, permissions).
     """
     self._raise_save_errors(self.manager.check_for_errors)
-    self.manager.save(
+    # Orbax's save first waits for the previous one, so its error can surface here.
+    self._raise_save_errors(lambda: self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 meta=ocp.args.JsonSave(meta)),
         metrics=metrics,
         force=force,
-    )
+    ))
 
   def resolve_step(self, which: str | int) -> int:
     """Turns 'latest', 'best' or a step number into an existing step.

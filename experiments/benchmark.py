@@ -45,7 +45,6 @@ reproduced there (both are negligible per step; a warning says so).
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -610,10 +609,7 @@ def format_table(results: list[tuple[str, dict]]) -> str:
 
 
 def _load_config_file(path: str, overrides: dict) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("_bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.from_experiment(path)
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")

@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def from_experiment(name: str) -> ml_collections.ConfigDict:
+def from_experiment(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of another experiment file, for experiments that vary one.
 
   Config files are loaded by path (`--config=experiments/x.py`), not as a package, so
@@ -103,12 +103,12 @@ def from_experiment(name: str) -> ml_collections.ConfigDict:
   with `from_experiment(os.path.join(os.path.dirname(__file__), "smnist_lru.py"))`.
 
   Args:
-    name: path of the config file.
+    path: the config file.
   """
-  if not os.path.isfile(name):
-    raise ConfigError(f"experiment config file {name} does not exist.")
-  module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(name))[0]
-  spec = importlib.util.spec_from_file_location(module_name, name)
+  if not os.path.isfile(path):
+    raise ConfigError(f"experiment config file {path} does not exist.")
+  module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()

@@ -15,7 +15,6 @@
 
 import contextlib
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import os
@@ -123,20 +122,13 @@ def prepare(data_config):
     return _download_and_prepare(builder, data_config)
 
 
-@contextlib.contextmanager
 def _exclusive(lock_path: str):
-  """Holds an exclusive lock on `lock_path` (flock: works across processes and, on
-  Linux, on NFS) for the duration of the block; no lock on object stores (gs://)."""
+  """An exclusive inter-process lock on `lock_path` (none on object stores, gs://)."""
   if "://" in lock_path:
-    yield
-    return
+    return contextlib.nullcontext()
+  import filelock
   os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-  with open(lock_path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  return filelock.FileLock(lock_path)
 
 
 def _download_and_prepare(builder, data_config):
@@ -164,6 +156,11 @@ def _download_and_prepare(builder, data_config):
     raise DataError(f"preparing {name} with tfds failed: {type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}") from e
   return builder
+
+
+def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
+  """The dataset's label names from tfds' metadata (no download or preparation)."""
+  return list(_tfds().builder(name, data_dir=tfds_dir).info.features["label"].names)
 
 
 def load_splits(config) -> dict[str, Split]:

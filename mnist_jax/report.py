@@ -36,19 +36,15 @@ NUM_ERRORS = 24  # Images in the most-confident-errors grid.
 # ----------------------------------------------------------------------------------
 # Reading a workdir.
 # ----------------------------------------------------------------------------------
-# tfds' label order for each dataset; MNIST's classes are the digits themselves.
-CLASS_NAMES = {
-    "mnist": tuple(str(i) for i in range(10)),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
-}
-
-
 def class_names(config: dict) -> tuple[str, ...]:
-  """Display names of the classes of the workdir config's dataset (indices if unknown)."""
-  n = config.get("model", {}).get("num_classes", 10)
-  names = CLASS_NAMES.get(config.get("data", {}).get("name"))
-  return names if names is not None and len(names) == n else tuple(map(str, range(n)))
+  """Display names of the workdir's classes (tfds' label names; indices if unknown)."""
+  from mnist_jax import data
+  n = config["model"]["num_classes"]
+  try:
+    names = data.class_names(config["data"]["name"], config["data"].get("tfds_dir"))
+  except Exception:  # pylint: disable=broad-except
+    names = []  # tfds unavailable or an unknown dataset: numbers still work.
+  return tuple(names) if len(names) == n else tuple(map(str, range(n)))
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -157,6 +153,7 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
   matrix = np.asarray(matrix)
   n = len(matrix)
   names = list(names) if names is not None else [str(i) for i in range(n)]
+  long_names = max(map(len, names)) > 2  # Words, not digits: slant them.
   fig, ax = plt.subplots(figsize=(7, 6))
   image = ax.imshow(matrix, cmap="Blues")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -165,8 +162,8 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
     for j in range(n):
       ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
               color="white" if matrix[i, j] > threshold else "black")
-  ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 2 else 0,
-                ha="right" if max(map(len, names)) > 2 else "center")
+  ax.set_xticks(range(n), names, rotation=45 if long_names else 0,
+                ha="right" if long_names else "center")
   ax.set_yticks(range(n), names)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")

@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10
   model.irnn_scale = 1.0  # irnn only: recurrent kernel starts as this * identity.
+  # lstm only: chrono init of the forget/input biases for memories up to this many
+  # steps (Tallec & Ollivier, 2018; see models/lstm.py). None: forget bias 1.
+  model.lstm_chrono_max_timescale = config_dict.placeholder(int)
   # lru only (Orvieto et al., 2023; see models/lru.py). hidden_size is the model width.
   model.lru_state_size = 256  # Complex state units per LRU layer.
   model.lru_r_min = 0.9  # Initial eigenvalue moduli are uniform on the ring
@@ -234,6 +237,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(model.readout, "model.readout", READOUTS)
   _choice(model.activation, "model.activation", ACTIVATIONS)
   _positive(model.irnn_scale, "model.irnn_scale", _NUMBER)
+  chrono = model.lstm_chrono_max_timescale
+  if chrono is not None and (not isinstance(chrono, int) or isinstance(chrono, bool)
+                             or chrono < 3):
+    raise ConfigError(f"config.model.lstm_chrono_max_timescale="
+                      f"{model.lstm_chrono_max_timescale!r} must be at least 3 (the "
+                      "longest memory in steps, e.g. 784 for pixel sequences), or None.")
   _positive(model.lru_state_size, "model.lru_state_size")
   _positive(model.lru_max_phase, "model.lru_max_phase", _NUMBER)
   for key in ("lru_r_min", "lru_r_max"):

@@ -626,6 +626,8 @@ INVALID = {
     "model.readout": (_bad_choice(config_lib.READOUTS), {}),
     "model.activation": (_bad_choice(config_lib.ACTIVATIONS), {}),
     "model.irnn_scale": (_BAD_NUMBER, {}),
+    "model.lstm_chrono_max_timescale": (st.one_of(st.integers(max_value=2),
+                                                  st.floats(), st.text(max_size=4)), {}),
     "model.lru_state_size": (_BAD_POSITIVE_INT, {}),
     "model.lru_max_phase": (_BAD_NUMBER, {}),
     "model.lru_r_min": (_BAD_UNIT, {}),

@@ -98,6 +98,30 @@ def test_lstm_forget_bias_and_orthogonal_recurrent_init():
   np.testing.assert_allclose(kernel @ kernel.T, np.eye(HIDDEN), atol=1e-5)
 
 
+def test_lstm_chrono_init_spreads_forget_timescales():
+  timescale = 784
+  cell = models.CELLS["lstm"](hidden_size=64, chrono_max_timescale=timescale)
+  variables = cell.init(jax.random.key(0), jnp.zeros((1, 2, FEATURES)))
+  bias = np.asarray(variables["params"]["input"]["bias"])
+  input_gate, forget_gate, rest = bias[:64], bias[64:128], bias[128:]
+  # b_f = log(u), u ~ U[1, T - 1]; b_i = -b_f; candidate and output biases stay 0.
+  assert np.all(forget_gate >= 0.0) and np.all(forget_gate <= np.log(timescale - 1))
+  assert forget_gate.std() > 0.1  # Spread over units, not one shared value.
+  np.testing.assert_allclose(np.median(np.exp(forget_gate)), timescale / 2, rtol=0.25)
+  np.testing.assert_array_equal(input_gate, -forget_gate)
+  np.testing.assert_array_equal(rest, 0.0)
+
+
+def test_chrono_timescale_reaches_the_lstm_from_the_config():
+  cfg = config_lib.get_config()
+  cfg.model.lstm_chrono_max_timescale = 100
+  model = models.build_model(config_lib.resolve(cfg).model)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)))
+  forget = np.asarray(variables["params"]["layer0_fwd"]["input"]["bias"])[
+      cfg.model.hidden_size:2 * cfg.model.hidden_size]
+  assert len(np.unique(forget)) > 1 and forget.max() <= np.log(99)
+
+
 @pytest.mark.parametrize("readout", ["last", "mean", "max"])
 def test_bidirectional_classifier_matches_manual_composition(readout):
   cfg = config_lib.get_config().model

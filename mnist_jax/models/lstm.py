@@ -16,14 +16,33 @@ class LSTM(RecurrentCell):
       c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
       h_t = sigmoid(o) * tanh(c_t)
 
-  The carry is (c, h). The forget-gate bias starts at 1 (Jozefowicz et al., 2015).
+  The carry is (c, h). The forget-gate bias starts at 1 (Jozefowicz et al., 2015), or,
+  with `chrono_max_timescale=T`, by "chrono" initialisation (Tallec & Ollivier, 2018,
+  "Can recurrent neural networks warp time?", ICLR): b_f = log(u), u ~ U[1, T - 1]
+  per unit, and b_i = -b_f. Unit k then starts forgetting over ~u_k steps, so the
+  layer begins with memories spread up to the sequence length T (784 for sMNIST).
+
+  Attributes:
+    chrono_max_timescale: T for chrono initialisation; None keeps forget bias 1.
   """
+  chrono_max_timescale: int | None = None
+
   num_gates = 4
 
+  @classmethod
+  def config_options(cls, model_config) -> dict:
+    """Extra constructor arguments read from `config.model` (see `build_model`)."""
+    return {"chrono_max_timescale": model_config.lstm_chrono_max_timescale}
+
   def input_bias_init(self, key, shape, dtype=jnp.float32):
-    del key
     hidden = shape[0] // 4
-    return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
+    bias = jnp.zeros(shape, dtype)
+    if self.chrono_max_timescale is None:
+      return bias.at[hidden:2 * hidden].set(1.0)
+    timescales = jax.random.uniform(key, (hidden,), dtype, minval=1.0,
+                                    maxval=self.chrono_max_timescale - 1.0)
+    forget = jnp.log(timescales)
+    return bias.at[:hidden].set(-forget).at[hidden:2 * hidden].set(forget)
 
   def initial_carry(self, batch_size, dtype=jnp.float32):
     zeros = jnp.zeros((batch_size, self.hidden_size), dtype)

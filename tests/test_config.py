@@ -10,7 +10,8 @@ from mnist_jax.errors import ConfigError
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 REQUIRED = ["seed_rnn", "seed_lstm", "lstm", "gru", "smnist_lstm", "psmnist_lstm",
-            "fashion_lstm", "smnist_lru", "psmnist_lru"]
+            "fashion_lstm", "smnist_lru", "psmnist_lru", "smnist_indrnn",
+            "psmnist_indrnn"]
 
 
 def load_experiment(name):
@@ -40,6 +41,7 @@ def test_every_experiment_file_resolves():
 @pytest.mark.parametrize("variant,base,changed", [
     ("psmnist_lstm", "smnist_lstm", set()),
     ("psmnist_lru", "smnist_lru", {"num_epochs"}),
+    ("psmnist_indrnn", "smnist_indrnn", set()),
     ("fashion_lstm", "lstm", {"model"}),
 ])
 def test_variants_differ_from_their_base_only_where_they_say(variant, base, changed):

@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10
   model.irnn_scale = 1.0  # irnn only: recurrent kernel starts as this * identity.
-  # lstm only: chrono init of the forget/input biases for memories up to this many
+  # lstm, layernorm_lstm: chrono init of the forget/input biases for memories up to this many
   # steps (Tallec & Ollivier, 2018; see models/lstm.py). None: forget bias 1.
   model.lstm_chrono_max_timescale = config_dict.placeholder(int)
   # lru only (Orvieto et al., 2023; see models/lru.py). hidden_size is the model width.

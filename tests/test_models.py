@@ -55,6 +55,34 @@ def test_lstm_matches_textbook_equations():
   np.testing.assert_allclose(cell.apply(variables, x)[:, -1], h, rtol=1e-5, atol=1e-6)
 
 
+def _layer_norm(x):
+  return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+
+def test_layernorm_lstm_matches_its_equations():
+  """Ba et al. (2016) layer norm on the recurrent term and the cell, written out."""
+  cell = models.CELLS["layernorm_lstm"](hidden_size=HIDDEN, chrono_max_timescale=50)
+  x = np.asarray(jax.random.normal(jax.random.key(2), (BATCH, TIME, FEATURES)))
+  variables = cell.init(jax.random.key(3), x)
+  # Move the norm parameters off their initial values so each one matters.
+  params = jax.tree.map(np.asarray, variables["params"])
+  rng = np.random.default_rng(0)
+  for name in ("recurrent_norm_scale", "cell_norm_scale", "cell_norm_bias"):
+    params[name] = params[name] + rng.normal(size=params[name].shape).astype(np.float32)
+  p = params
+  h = c = np.zeros((BATCH, HIDDEN))
+  for t in range(TIME):
+    recurrent = h @ p["recurrent_kernel"]
+    if t > 0:  # LN of the all-zero first recurrent term is 0 (no division by zero).
+      recurrent = p["recurrent_norm_scale"] * _layer_norm(recurrent)
+    z = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"] + recurrent
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+    h = _sigmoid(o) * np.tanh(p["cell_norm_scale"] * _layer_norm(c) + p["cell_norm_bias"])
+  out = cell.apply({"params": params}, x)[:, -1]
+  np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-5)
+
+
 def test_gru_matches_pytorch_style_equations():
   """Reset gate applied after the recurrent matmul (cuDNN / PyTorch / Keras reset_after)."""
   cell = models.CELLS["gru"](hidden_size=HIDDEN)

@@ -11,6 +11,7 @@ from mnist_jax.models.classifier import SequenceClassifier
 from mnist_jax.models.gru import GRU
 from mnist_jax.models.indrnn import IndRNN
 from mnist_jax.models.irnn import IRNN
+from mnist_jax.models.layernorm_lstm import LayerNormLSTM
 from mnist_jax.models.lru import LRUBlock
 from mnist_jax.models.lstm import LSTM
 from mnist_jax.models.simple_rnn import SimpleRNN
@@ -21,6 +22,7 @@ from mnist_jax.models.simple_rnn import SimpleRNN
 CELLS: dict[str, type[nn.Module]] = {
     "simple_rnn": SimpleRNN,
     "lstm": LSTM,
+    "layernorm_lstm": LayerNormLSTM,
     "gru": GRU,
     "irnn": IRNN,
     "indrnn": IndRNN,

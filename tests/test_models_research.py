@@ -15,7 +15,7 @@ from mnist_jax.errors import ConfigError
 from mnist_jax.models.lru import LRU, LRUBlock
 
 BATCH, TIME, FEATURES, HIDDEN = 3, 9, 5, 6
-NEW_MODELS = ("irnn", "indrnn", "lru")
+NEW_MODELS = ("irnn", "indrnn", "lru", "layernorm_lstm")
 
 
 def _inputs(seed, shape=(BATCH, TIME, FEATURES)):
@@ -204,6 +204,9 @@ def test_classifier_shapes_and_config_options(name, bidirectional):
     np.testing.assert_allclose(first["recurrent_kernel"], 0.25 * np.eye(8))
   elif name == "indrnn":
     assert first["recurrent_kernel"].shape == (8,)
+  elif name == "layernorm_lstm":
+    np.testing.assert_allclose(first["recurrent_norm_scale"], 0.1)
+    assert first["recurrent_kernel"].shape == (8, 32)
   else:
     assert first["lru"]["B_re"].shape == (5, 8)
     # Layer 1 reads 8 (or 16 after a bidirectional layer) features: encoder only if 16.
@@ -211,8 +214,11 @@ def test_classifier_shapes_and_config_options(name, bidirectional):
 
 
 def test_existing_cells_get_no_options():
-  for name in ("simple_rnn", "lstm", "gru"):
+  for name in ("simple_rnn", "gru"):
     assert models.build_model(_model_config(name).model).cell_options == ()
+  # The LSTM's only option, chrono init, is off by default (forget bias 1).
+  assert models.build_model(_model_config("lstm").model).cell_options == (
+      ("chrono_max_timescale", None),)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)

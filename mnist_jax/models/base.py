@@ -2,10 +2,9 @@
 
 A cell splits its step into two parts so that the layer can run fast:
 
-* `input_projection`: x_t -> W_x x_t + b, one Dense for all gates. Because it does not
-  depend on the carry, `__call__` applies it to the whole sequence at once
-  ([batch, time, features] -> [batch, time, gates * hidden]), a single large matmul
-  outside the time loop.
+* the input projection `input`: x_t -> W_x x_t + b, one Dense for all gates, applied
+  by `__call__` to each step's raw input inside the loop (measured faster here than
+  hoisting it out of the loop; see `__call__`).
 * `recurrence(params, carry, projected_t)`: a pure function with everything that depends
   on the previous state (one fused [hidden, gates * hidden] matmul per step). It is what
   `jax.lax.scan` iterates.
@@ -102,14 +101,21 @@ class RecurrentCell(nn.Module):
     Returns:
       Hidden states [batch, time, hidden].
     """
-    projected = self.input(inputs)  # [batch, time, gates * hidden], one matmul.
+    # The input projection W_x x_t + b runs inside the loop, one step at a time, on
+    # time-major raw inputs. Hoisting it out as one [batch * time] matmul, the textbook
+    # trick, measured the same for training (batch 100) but 2.3x slower evaluation at
+    # batch 1000 on this CPU (seed LSTM: 15k vs 35k examples/s): the [batch, time,
+    # gates * hidden] result has to be transposed to time-major, 45 MB per batch.
+    self.input(inputs[:, :0])  # Creates input/kernel and input/bias; computes nothing.
+    dense = self.input.variables["params"]
+    kernel, bias = dense["kernel"], dense["bias"]
     params = self.recurrent_params()
-    carry = self.initial_carry(inputs.shape[0], projected.dtype)
+    carry = self.initial_carry(inputs.shape[0], jnp.result_type(inputs, kernel))
 
-    def body(carry, projected_t):
-      return self.recurrence(params, carry, projected_t)
+    def body(carry, inputs_t):
+      return self.recurrence(params, carry, inputs_t @ kernel + bias)
 
-    _, outputs = jax.lax.scan(body, carry, jnp.swapaxes(projected, 0, 1),
+    _, outputs = jax.lax.scan(body, carry, jnp.swapaxes(inputs, 0, 1),
                               reverse=reverse, unroll=self.unroll)
     return jnp.swapaxes(outputs, 0, 1)
 

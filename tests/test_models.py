@@ -82,10 +82,19 @@ def test_layernorm_lstm_matches_its_equations():
 
 
 def _reference_layer(name, params, x):
-  """The LSTM / LayerNorm LSTM recurrences in plain jnp, for autodiff to differentiate."""
+  """The LSTM, LayerNorm LSTM and GRU recurrences in plain jnp, for autodiff."""
   p = params
   h = c = jnp.zeros((x.shape[0], HIDDEN), x.dtype)
   for t in range(x.shape[1]):
+    if name == "gru":
+      a = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"]
+      u = h @ p["recurrent_kernel"] + p["recurrent_bias"]
+      a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
+      u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
+      r, z = jax.nn.sigmoid(a_r + u_r), jax.nn.sigmoid(a_z + u_z)
+      n = jnp.tanh(a_n + r * u_n)
+      h = (1 - z) * n + z * h
+      continue
     recurrent = h @ p["recurrent_kernel"]
     if name == "layernorm_lstm":
       recurrent = p["recurrent_norm_scale"] * jax.nn.standardize(recurrent, axis=-1)
@@ -100,7 +109,7 @@ def _reference_layer(name, params, x):
   return h
 
 
-@pytest.mark.parametrize("name", ["lstm", "layernorm_lstm"])
+@pytest.mark.parametrize("name", ["lstm", "layernorm_lstm", "gru"])
 def test_hand_written_backward_equals_autodiff(name):
   """The cells' custom_vjp gradients equal autodiff of the textbook recurrence (f64)."""
   with jax.enable_x64(True):

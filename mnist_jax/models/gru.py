@@ -30,9 +30,43 @@ class GRU(RecurrentCell):
   def recurrence(self, params, carry, projected):
     h = carry
     u = h @ params["kernel"] + params["bias"]
-    hidden = self.hidden_size
-    rz = jax.nn.sigmoid(projected[:, :2 * hidden] + u[:, :2 * hidden])
-    r, z = rz[:, :hidden], rz[:, hidden:]
-    n = jnp.tanh(projected[:, 2 * hidden:] + r * u[:, 2 * hidden:])
-    h = n + z * (h - n)  # == (1 - z) * n + z * h, one fewer multiply.
+    h = _gated_update(projected, u, h)
     return h, h
+
+
+def _gates(projected, u, hidden):
+  rz = jax.nn.sigmoid(projected[:, :2 * hidden] + u[:, :2 * hidden])
+  r, z = rz[:, :hidden], rz[:, hidden:]
+  n = jnp.tanh(projected[:, 2 * hidden:] + r * u[:, 2 * hidden:])
+  return r, z, n
+
+
+@jax.custom_vjp
+def _gated_update(projected, u, h):
+  """h_t from W_x x_t + b_x, W_h h_{t-1} + b_h (both [batch, 3 * hidden]) and h_{t-1}.
+
+  The backward pass is written out (`_update_bwd`), as for the LSTM: it keeps the
+  step's inputs, recomputes the gates and emits both gradients in one element-wise
+  pass each, instead of autodiff's slices, pads and adds.
+  """
+  _, z, n = _gates(projected, u, h.shape[-1])
+  return n + z * (h - n)  # == (1 - z) * n + z * h, one fewer multiply.
+
+
+def _update_fwd(projected, u, h):
+  return _gated_update(projected, u, h), (projected, u, h)
+
+
+def _update_bwd(residuals, d_h_new):
+  projected, u, h = residuals
+  hidden = h.shape[-1]
+  r, z, n = _gates(projected, u, hidden)
+  d_n_pre = d_h_new * (1.0 - z) * (1.0 - n * n)  # Into tanh's argument.
+  d_r_pre = d_n_pre * u[:, 2 * hidden:] * r * (1.0 - r)
+  d_z_pre = d_h_new * (h - n) * z * (1.0 - z)
+  d_projected = jnp.concatenate([d_r_pre, d_z_pre, d_n_pre], axis=-1)
+  d_u = jnp.concatenate([d_r_pre, d_z_pre, d_n_pre * r], axis=-1)
+  return d_projected, d_u, d_h_new * z
+
+
+_gated_update.defvjp(_update_fwd, _update_bwd)

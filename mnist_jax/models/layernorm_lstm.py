@@ -4,7 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.lstm import LSTM, gate_activations, gate_preactivation_grad
+from mnist_jax.models.lstm import (LSTM, gate_activations, gate_preactivation_grad,
+                                   split_gates)
 
 class LayerNormLSTM(LSTM):
   """Layer-normalised LSTM layer: [batch, time, features] -> [batch, time, hidden].
@@ -76,7 +77,7 @@ def _forward(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
   recurrent_normalized, recurrent_inv_sigma = _standardize(recurrent)
   gates = gate_activations(projected + recurrent_scale * recurrent_normalized,
                            c.shape[-1])
-  i, f, g, o = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
+  i, f, g, o = split_gates(gates)
   c_new = f * c + i * g
   cell_normalized, cell_inv_sigma = _standardize(c_new)
   tanh_cell = jnp.tanh(cell_scale * cell_normalized + cell_bias)
@@ -108,7 +109,7 @@ def _update_bwd(residuals, cotangents):
   d_c_new, d_h = cotangents
   (gates, _, _, recurrent_normalized, recurrent_inv_sigma, cell_normalized,
    cell_inv_sigma, tanh_cell) = _forward(*residuals)
-  i, f, g, o = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
+  i, f, g, o = split_gates(gates)
   d_cell_in = d_h * o * (1.0 - tanh_cell * tanh_cell)  # Into gamma_c * LN(c) + beta_c.
   d_c = d_c_new + _standardize_grad(d_cell_in * cell_scale, cell_normalized,
                                     cell_inv_sigma)

@@ -63,12 +63,12 @@ _TANH_GATES = np.array([False, False, True, False])[:, None]
 
 
 def gate_activations(z: jax.Array, hidden: int) -> jax.Array:
-  """sigmoid(i), sigmoid(f), tanh(g), sigmoid(o) from z [batch, 4 * hidden], as [batch, 4, hidden]."""
+  """Gate activations [batch, 4, hidden] (i, f, g, o) from z [batch, 4 * hidden]."""
   return fused_sigmoid_tanh(z.reshape(z.shape[0], 4, hidden), _TANH_GATES)
 
 
 def gate_preactivation_grad(gates: jax.Array, d_gates: jax.Array) -> jax.Array:
-  """Backpropagates d_gates [batch, 4, hidden] through `gate_activations` to dz [batch, 4 * hidden].
+  """dz [batch, 4 * hidden] from d_gates [batch, 4, hidden], through `gate_activations`.
 
   sigmoid' = s (1 - s) and tanh' = 1 - t^2, both from the activations themselves.
   """
@@ -86,12 +86,13 @@ def _gates_and_update(z, c):
   measured here, the hand-written backward makes a 784-step LSTM(128) layer's
   gradient 15% faster and the seed LSTM(100)'s 23% faster, same values to 1e-6.
   """
-  i, f, g, o = _split(gate_activations(z, c.shape[-1]))
+  i, f, g, o = split_gates(gate_activations(z, c.shape[-1]))
   c = f * c + i * g
   return c, o * jnp.tanh(c)
 
 
-def _split(gates):
+def split_gates(gates):
+  """i, f, g, o [batch, hidden] from the [batch, 4, hidden] activations."""
   return gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]
 
 
@@ -103,7 +104,7 @@ def _update_bwd(residuals, cotangents):
   z, c = residuals
   d_c_new, d_h = cotangents
   gates = gate_activations(z, c.shape[-1])
-  i, f, g, o = _split(gates)
+  i, f, g, o = split_gates(gates)
   tanh_c = jnp.tanh(f * c + i * g)
   d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)  # Total gradient into c_t.
   d_gates = jnp.stack([d_c * g, d_c * c, d_c * i, d_h * tanh_c], axis=1)

@@ -58,7 +58,10 @@ _EPSILON = 1e-5  # jax.nn.standardize's default.
 
 
 def _standardize(x):
-  """(x - mean) / sigma over the last axis, and 1 / sigma, as jax.nn.standardize."""
+  """(x - mean) / sigma over the last axis, and 1 / sigma, as jax.nn.standardize.
+
+  Written out (not jax.nn.standardize) because the hand-written backward needs 1 / sigma.
+  """
   mean = jnp.mean(x, axis=-1, keepdims=True)
   variance = jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean
   inv_sigma = jax.lax.rsqrt(variance + _EPSILON)

@@ -92,6 +92,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads; 0: its default "
                        "(one per physical core).")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON to this path.")
+  flags.DEFINE_integer("cpu_devices", None, "JAX CPU devices (train.CpuReplicas), as "
+                       "`mnist_jax.main --cpu_devices`: default one per core, 1: off.")
 
 
 # Models `--compare=torch` can build (torch.nn.LSTM, GRU, RNN).
@@ -243,7 +245,7 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
     config: a resolved config.
     num_batches: distinct batches cycled through (held on the device).
   """
-  placement = train.Placement()
+  placement = train.make_placement()
   placement.check_batch_size(config.batch_size, "batch_size")
   placement.check_batch_size(config.eval_batch_size, "eval_batch_size")
   preprocess = data.make_preprocess(config.data, perm=data.permutation(config.data))
@@ -252,13 +254,9 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
   state = jax.device_put(state, placement.replicated)
 
   # Exactly as `train.train` builds it.
-  jit_train_step = jax.jit(
-      functools.partial(train.train_step, preprocess=preprocess,
-                        label_smoothing=config.optimizer.label_smoothing,
-                        augment_max_shift=config.data.augment_max_shift),
-      in_shardings=(placement.replicated, placement.batch),
-      out_shardings=(placement.replicated, placement.replicated),
-      donate_argnums=0)
+  jit_train_step = train.make_train_step(placement, state.apply_fn, preprocess,
+                                         config.optimizer.label_smoothing,
+                                         config.data.augment_max_shift)
   jit_eval_step = train.make_eval_step(state.apply_fn, preprocess, placement)
 
   rng = np.random.default_rng(0)
@@ -271,10 +269,10 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
 
   # Compile ahead of time to time it; the jitted functions reuse the executables.
   start = time.perf_counter()
-  compiled = jit_train_step.lower(state, train_batches[0]).compile()
+  compiled = jit_train_step.compile(state, train_batches[0])
   train_compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  jit_eval_step.lower(state.params, eval_batches[0]).compile()
+  jax.block_until_ready(jit_eval_step(state.params, eval_batches[0]))
   eval_compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
 
@@ -624,6 +622,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if (FLAGS.preset is None) == (FLAGS.config is None):
     raise app.UsageError("Give exactly one of --config and --preset.")
+  from mnist_jax import distributed
+  distributed.set_cpu_devices(FLAGS.cpu_devices)  # As `mnist_jax.main` does.
   if FLAGS.preset is not None:
     names = list(PRESETS) if FLAGS.preset == "all" else FLAGS.preset.split(",")
     unknown = [n for n in names if n not in PRESETS]

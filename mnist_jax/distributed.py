@@ -127,3 +127,36 @@ def initialize(coordinator_address: str | None = None,
                jax.process_index(), jax.process_count(), cluster or "flags",
                jax.local_device_count(), jax.device_count())
   return True
+
+
+MAX_AUTO_CPU_DEVICES = 8  # Only 2 were measured (this CPU); more is a guess, capped.
+
+
+def set_cpu_devices(count: int | None) -> int | None:
+  """Gives this (single) process's JAX CPU client `count` devices; before any JAX use.
+
+  With several CPU devices, `train.CpuReplicas` splits each batch across them so that
+  every core computes gradients (XLA runs these models' small matmuls on one core).
+  It only concerns the CPU client: on a GPU or TPU the model runs there as before.
+
+  Args:
+    count: devices wanted; None: one per core this process may run on
+      (`os.sched_getaffinity`), at most `MAX_AUTO_CPU_DEVICES`.
+
+  Returns:
+    The count set, or None when left to XLA_FLAGS'
+    --xla_force_host_platform_device_count, which then decides.
+
+  Raises:
+    ConfigError: count < 1.
+  """
+  if count is not None and count < 1:
+    raise ConfigError(f"--cpu_devices={count} must be at least 1 (1: no replicas).")
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  if count is None:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    count = min(cores, MAX_AUTO_CPU_DEVICES)
+  jax.config.update("jax_num_cpu_devices", count)
+  return count

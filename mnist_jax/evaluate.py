@@ -138,7 +138,8 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
   store = checkpoints.CheckpointStore(ckpt_dir, read_only=True)
   step = store.resolve_step(checkpoint)
 
-  placement = train_lib.Placement()
+  placement = train_lib.make_placement()
+  logging.info("Devices: %s.", placement.describe())
   splits, preprocess = train_lib.data_pipeline(config, workdir)
   if not len(splits[split]):
     raise WorkdirError(f"the {split} split is empty (data.validation_size=0).")

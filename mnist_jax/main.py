@@ -35,6 +35,9 @@ flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT o
                     "TPU VM or $JAX_COORDINATOR_ADDRESS; see mnist_jax/distributed.py).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
+flags.DEFINE_integer("cpu_devices", None, "One process on CPU: split each batch across "
+                     "this many CPU devices, one core each (default: one per core, at "
+                     "most 8; 1: off). See train.CpuReplicas.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -60,8 +63,9 @@ def main(argv):
   from mnist_jax import distributed, evaluate  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError
   try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id)
+    if not distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id):
+      distributed.set_cpu_devices(FLAGS.cpu_devices)
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise UserError("--config is required to train (e.g. "

@@ -101,44 +101,71 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
+def loss_and_gradients(params: Any, rng: jax.Array, batch: Batch, *,
+                       apply_fn: Callable,
+                       preprocess: Callable[[jax.Array], jax.Array],
+                       label_smoothing: float = 0.0,
+                       augment_max_shift: int = 0) -> tuple[Any, dict]:
+  """Gradients of the mean loss over `batch`, and that batch's {loss, accuracy}.
+
+  Args:
+    params: model parameters.
+    rng: this step's key (shift augmentation and dropout draw from it).
+    batch: uint8 images [batch, 28, 28] and integer labels [batch].
+    apply_fn: the model's `apply`.
+    preprocess: images -> model inputs [batch, time, features].
+    label_smoothing: optax.smooth_labels' alpha.
+    augment_max_shift: random shift of up to this many pixels (0: none).
+  """
+  shift_rng, dropout_rng = jax.random.split(rng)
+  images = data.random_shift(shift_rng, batch["image"], augment_max_shift)
+  inputs = preprocess(images)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits = apply_fn({"params": params}, inputs, train=True,
+                      rngs={"dropout": dropout_rng})
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return grads, {"loss": loss,
+                 "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def apply_gradients(state: TrainState, grads: Any,
+                    metrics: dict) -> tuple[TrainState, dict]:
+  """The optimizer update, unless anything is not finite; adds grad_norm and finite.
+
+  A step whose loss, gradients or updated state are not finite leaves the state
+  unchanged (the caller stops the run); `finite` in the metrics reports it.
+  """
+  grad_norm = optax.global_norm(grads)
+  new_state = state.apply_gradients(grads=grads)
+  # Finite gradients can still give a non-finite update (e.g. a huge step size).
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+            & _all_finite((new_state.params, new_state.opt_state)))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           new_state, state)
+  return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite}
+
+
 def train_step(state: TrainState, batch: Batch, *,
                preprocess: Callable[[jax.Array], jax.Array],
                label_smoothing: float = 0.0,
                augment_max_shift: int = 0) -> tuple[TrainState, dict]:
   """One optimizer step on a batch of uint8 images [batch, 28, 28] and labels.
 
-  A step whose loss, gradients or updated state are not finite leaves the state
-  unchanged (the caller stops the run); metrics report it in `finite`.
+  Metrics: loss, accuracy, grad_norm, and `finite` (False: the state was left
+  unchanged because something was not finite; see `apply_gradients`).
   """
-  step_rng = jax.random.fold_in(state.rng, state.step)
-  shift_rng, dropout_rng = jax.random.split(step_rng)
-  images = data.random_shift(shift_rng, batch["image"], augment_max_shift)
-  inputs = preprocess(images)
-  labels = batch["label"]
-
-  def loss_fn(params):
-    logits = state.apply_fn({"params": params}, inputs, train=True,
-                            rngs={"dropout": dropout_rng})
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                  label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, logits
-
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
-  new_state = state.apply_gradients(grads=grads)
-  # Finite gradients can still give a non-finite update (e.g. a huge step size).
-  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            & _all_finite((new_state.params, new_state.opt_state)))
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                           new_state, state)
-  metrics = {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-      "grad_norm": grad_norm,
-      "finite": finite,
-  }
-  return new_state, metrics
+  grads, metrics = loss_and_gradients(
+      state.params, jax.random.fold_in(state.rng, state.step), batch,
+      apply_fn=state.apply_fn, preprocess=preprocess,
+      label_smoothing=label_smoothing, augment_max_shift=augment_max_shift)
+  return apply_gradients(state, grads, metrics)
 
 
 def eval_step(params: Any, batch: Batch, *, apply_fn: Callable,
@@ -153,7 +180,12 @@ def eval_step(params: Any, batch: Batch, *, apply_fn: Callable,
 # Devices.
 # ----------------------------------------------------------------------------------
 class Placement:
-  """A 1-D `data` mesh over all devices: batches sharded, state replicated."""
+  """A 1-D `data` mesh over all devices: batches sharded, state replicated.
+
+  The placement for accelerators and for several processes (gradients are averaged
+  by XLA's all-reduce). Several CPU devices in one process use `CpuReplicas`
+  instead (see `make_placement`).
+  """
 
   def __init__(self):
     # Auto axes: XLA propagates shardings through the model (no explicit-mode rules).
@@ -166,6 +198,12 @@ class Placement:
     # back to back; waiting for each step avoids it (docs/distributed.md).
     self.sync_every_step = (jax.default_backend() == "cpu" and
                             jax.local_device_count() > 1)
+
+  def describe(self) -> str:
+    if jax.device_count() == 1:
+      return f"one device ({jax.devices()[0].platform})"
+    return (f"data mesh over {jax.device_count()} {jax.devices()[0].platform} devices "
+            f"({jax.process_count()} processes)")
 
   def check_batch_size(self, batch_size: int, name: str) -> None:
     from mnist_jax.errors import ConfigError
@@ -180,17 +218,148 @@ class Placement:
     return {k: jax.make_array_from_process_local_data(self.batch, v)
             for k, v in local_batch.items()}
 
+  def make_train_step(self, apply_fn: Callable, **step_options) -> Callable:
+    del apply_fn  # `train_step` reads it from the state.
+    step = jax.jit(functools.partial(train_step, **step_options),
+                   in_shardings=(self.replicated, self.batch),
+                   out_shardings=(self.replicated, self.replicated),
+                   donate_argnums=0)
+    # For the benchmark: compile ahead of time, memory analysis of the executable.
+    step.compile = lambda state, batch: step.lower(state, batch).compile()
+    return step
+
+  def make_eval_step(self, apply_fn: Callable, preprocess: Callable) -> Callable:
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn,
+                                     preprocess=preprocess),
+                   in_shardings=(self.replicated, self.batch),
+                   out_shardings=self.replicated)
+
+
+class CpuReplicas:
+  """Data parallelism over the CPU devices of one process, without XLA collectives.
+
+  XLA runs each of these recurrent models' small per-step matmuls on one core (a
+  [100, 100] @ [100, 400] product is too small to split), so a second core sits idle;
+  PyTorch's oneDNN threads use it. Here the batch is split into contiguous shards,
+  one per CPU device (`jax_num_cpu_devices`, set by `main`); each device computes its
+  shard's gradients concurrently, device 0 averages them (weighted by shard size, so
+  the result is the full batch's mean-loss gradient) and applies the optimizer, and
+  the new parameters are copied back to the other devices for the next step.
+
+  Why not the `data` mesh of `Placement`: its in-process all-reduce can deadlock on
+  CPU when steps are dispatched back to back, and waiting for each step halved the
+  speed (../shared/notes/cpu-speed-facts.md). Measured here (2 cores, seed LSTM
+  layer gradient, batch 100): 13.0 ms on one device, 8.1 ms on two.
+
+  Shards need not be equal: any batch size works, and a batch is split across at
+  most `batch_size // MIN_SHARD` devices. The state lives on device 0, so checkpoints
+  are the same as a one-device run's. Random draws (shift augmentation, dropout) fold
+  in the shard's index, so they differ from a one-device run, as sums differ in
+  float round-off.
+  """
+  MIN_SHARD = 16  # Smaller shards do not pay for their dispatch and copies.
+
+  def __init__(self, devices: list):
+    self.devices = list(devices)
+    self.replicated = jax.sharding.SingleDeviceSharding(self.devices[0])
+    self.sync_every_step = False
+
+  def describe(self) -> str:
+    return (f"{len(self.devices)} CPU devices (CpuReplicas: each batch split across "
+            f"them, shards of at least {self.MIN_SHARD})")
+
+  def check_batch_size(self, batch_size: int, name: str) -> None:
+    del batch_size, name  # Any size splits into shards.
+
+  def put_batch(self, local_batch: dict) -> list[Batch]:
+    """Contiguous shards of the batch, shard i on device i (fewer for small batches)."""
+    size = len(next(iter(local_batch.values())))
+    num = max(1, min(len(self.devices), size // self.MIN_SHARD))
+    bounds = [size * i // num for i in range(num + 1)]
+    return [{k: jax.device_put(v[a:b], device) for k, v in local_batch.items()}
+            for a, b, device in zip(bounds, bounds[1:], self.devices)]
+
+  def _replicate(self, tree: Any, num: int) -> list:
+    """`tree` (on device 0) and copies of it on devices 1..num-1."""
+    return [tree] + [jax.device_put(tree, d) for d in self.devices[1:num]]
+
+  def make_train_step(self, apply_fn: Callable, **step_options) -> Callable:
+    def shard_gradients(params, rng, step, replica, shard):
+      rng = jax.random.fold_in(jax.random.fold_in(rng, step), replica)
+      return loss_and_gradients(params, rng, shard, apply_fn=apply_fn,
+                                 **step_options)
+
+    def combine_and_apply(state, grads, metrics, weights):
+      average = lambda *xs: sum(w * x for w, x in zip(weights, xs))
+      return apply_gradients(state, jax.tree.map(average, *grads),
+                             jax.tree.map(average, *metrics))
+
+    jit_gradients = jax.jit(shard_gradients)
+    jit_apply = jax.jit(combine_and_apply, donate_argnums=0,
+                        static_argnames="weights")
+
+    def step(state: TrainState, shards: list[Batch]) -> tuple[TrainState, dict]:
+      sizes = [len(shard["label"]) for shard in shards]
+      inputs = self._replicate((state.params, state.rng, state.step), len(shards))
+      # Dispatched back to back: the devices run concurrently.
+      outputs = [jit_gradients(*inputs[i], i, shard) for i, shard in enumerate(shards)]
+      outputs = [outputs[0]] + [jax.device_put(o, self.devices[0]) for o in outputs[1:]]
+      weights = tuple(n / sum(sizes) for n in sizes)
+      return jit_apply(state, [g for g, _ in outputs], [m for _, m in outputs],
+                       weights=weights)
+
+    def compile_step(state, shards):
+      """Compiles ahead of time; returns one shard's gradient executable."""
+      # Compiles the rest by running it once, on a copy (the step donates its state).
+      jax.block_until_ready(step(jax.tree.map(jnp.copy, state), shards))
+      return jit_gradients.lower(state.params, state.rng, state.step, 0,
+                                 shards[0]).compile()
+
+    step.compile = compile_step
+    return step
+
+  def make_eval_step(self, apply_fn: Callable, preprocess: Callable) -> Callable:
+    jitted = jax.jit(functools.partial(eval_step, apply_fn=apply_fn,
+                                       preprocess=preprocess))
+
+    def run(params: Any, shards: list[Batch]) -> dict:
+      params = self._replicate(params, len(shards))
+      outputs = jax.device_get([jitted(p, s) for p, s in zip(params, shards)])
+      return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+
+    return run
+
+
+def make_placement() -> Placement | CpuReplicas:
+  """`CpuReplicas` for several CPU devices in one process, else the `data` mesh."""
+  if (jax.default_backend() == "cpu" and jax.process_count() == 1
+      and jax.local_device_count() > 1):
+    return CpuReplicas(jax.local_devices())
+  return Placement()
+
+
+def make_train_step(placement: Placement | CpuReplicas, apply_fn: Callable,
+                    preprocess: Callable, label_smoothing: float = 0.0,
+                    augment_max_shift: int = 0) -> Callable:
+  """`train_step` for `placement`: (state, batch) -> (state, metrics), state donated.
+
+  `batch` is what `placement.put_batch` returns. The callable also has
+  `.compile(state, batch)` (ahead-of-time compilation, for the benchmark).
+  """
+  return placement.make_train_step(apply_fn, preprocess=preprocess,
+                                   label_smoothing=label_smoothing,
+                                   augment_max_shift=augment_max_shift)
+
 
 def make_eval_step(apply_fn: Callable, preprocess: Callable,
-                   placement: Placement) -> Callable:
-  """`eval_step` jitted for `placement`: (params, batch) -> {logits, loss}."""
-  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, preprocess=preprocess),
-                 in_shardings=(placement.replicated, placement.batch),
-                 out_shardings=placement.replicated)
+                   placement: Placement | CpuReplicas) -> Callable:
+  """`eval_step` for `placement`: (params, batch) -> {logits, loss} (all rows)."""
+  return placement.make_eval_step(apply_fn, preprocess)
 
 
 def predict(params: Any, jit_eval_step: Callable, split: data.Split, batch_size: int,
-            placement: Placement) -> tuple[np.ndarray, np.ndarray]:
+            placement: Placement | CpuReplicas
+            ) -> tuple[np.ndarray, np.ndarray]:
   """Logits [n, classes] and losses [n] for every example of `split`, in order.
 
   The last batch is padded to `batch_size` (one compilation) and the padding dropped.
@@ -381,7 +550,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     UserError subclasses for bad config, data, workdir or non-finite training.
   """
   config = config_lib.resolve(config)
-  placement = Placement()
+  placement = make_placement()
+  logging.info("Devices: %s.", placement.describe())
   placement.check_batch_size(config.batch_size, "batch_size")
   placement.check_batch_size(config.eval_batch_size, "eval_batch_size")
   prepare_workdir(config, workdir)
@@ -410,13 +580,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "nothing left to train.", start_step, history["epochs_since_best"])
     total_steps = start_step
 
-  jit_train_step = jax.jit(
-      functools.partial(train_step, preprocess=preprocess,
-                        label_smoothing=config.optimizer.label_smoothing,
-                        augment_max_shift=config.data.augment_max_shift),
-      in_shardings=(placement.replicated, placement.batch),
-      out_shardings=(placement.replicated, placement.replicated),
-      donate_argnums=0)
+  jit_train_step = make_train_step(placement, state.apply_fn, preprocess,
+                                   config.optimizer.label_smoothing,
+                                   config.data.augment_max_shift)
 
   jit_eval_step = make_eval_step(state.apply_fn, preprocess, placement)
   writer = MetricWriter(workdir)

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.distributed
 
 _TIMEOUT = 240  # Seconds per command; a run takes ~25 s alone, ~45 s as 2 processes.
 _STEPS = 4  # 200 training examples / global batch 50, one epoch.
-_TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def _args(workdir, tfds_dir, data_root, *extra):
@@ -135,7 +134,10 @@ def _assert_same_results(results: dict, reference: dict) -> None:
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory, tfds_dir, data_root):
   workdir = tmp_path_factory.mktemp("one_device") / "run"
-  _check(run_main(*_args(workdir, tfds_dir, data_root), timeout=_TIMEOUT))
+  proc = run_main(*_args(workdir, tfds_dir, data_root, "--cpu_devices=1"),
+                  timeout=_TIMEOUT)
+  _check(proc)
+  assert "Devices: one device" in proc.stderr, proc.stderr[-2000:]
   return workdir, _results(workdir)
 
 
@@ -177,33 +179,36 @@ def test_two_process_checkpoint_restores_in_one_process(two_processes, tfds_dir)
 
 def test_two_local_devices_train_and_evaluate_like_one(tmp_path, tfds_dir, data_root,
                                                        one_device):
-  # XLA's in-process all-reduce needs each step waited for (train.Placement
-  # .sync_every_step); dispatched back to back it can abort after ~40 s.
+  # --cpu_devices=2: train.CpuReplicas splits each batch of 50 into 25 + 25 and
+  # averages the two gradients on device 0 (no XLA collectives).
   workdir = tmp_path / "run"
-  _check(run_main(*_args(workdir, tfds_dir, data_root), env=_TWO_DEVICES,
-                  timeout=_TIMEOUT))
+  proc = run_main(*_args(workdir, tfds_dir, data_root, "--cpu_devices=2"),
+                  timeout=_TIMEOUT)
+  _check(proc)
+  assert "Devices: 2 CPU devices" in proc.stderr, proc.stderr[-2000:]
   _assert_same_training(workdir, one_device[0])
   _assert_same_results(_results(workdir), one_device[1])
 
 
-def test_batch_not_divisible_by_devices_is_one_line_error(tmp_path, tfds_dir,
-                                                          data_root):
-  proc = run_main(*_args(tmp_path / "run", tfds_dir, data_root,
-                         "--config.batch_size=25"), env=_TWO_DEVICES, timeout=_TIMEOUT)
-  assert proc.returncode != 0
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: config.batch_size=25 must be divisible by the 2 "
-                         "devices"), proc.stderr[-2000:]
+def test_xla_flags_device_count_is_kept_and_uneven_shards_evaluate_like_one(
+    one_device):
+  # XLA_FLAGS' device count wins over the default; 64 rows on 3 devices: 21, 21, 22.
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  workdir = one_device[0]
+  proc = run_main("--mode=eval", f"--workdir={workdir}", "--checkpoint=latest",
+                  env=env, timeout=_TIMEOUT)
+  _check(proc)
+  assert "Devices: 3 CPU devices" in proc.stderr, proc.stderr[-2000:]
+  _assert_same_results(_results(workdir), one_device[1])
 
 
-def test_eval_batch_not_divisible_by_devices_is_one_line_error(one_device):
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}  # 64 % 3 != 0.
-  proc = run_main("--mode=eval", f"--workdir={one_device[0]}", env=env,
+def test_cpu_devices_below_one_is_one_line_error(one_device):
+  proc = run_main("--mode=eval", f"--workdir={one_device[0]}", "--cpu_devices=0",
                   timeout=_TIMEOUT)
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: config.eval_batch_size=64 must be divisible by the 3 "
-                         "devices"), proc.stderr[-2000:]
+  assert last == "error: --cpu_devices=0 must be at least 1 (1: no replicas).", \
+      proc.stderr[-2000:]
 
 
 def _start_processes(args: list[str], num: int, logdir) -> list[subprocess.Popen]:

@@ -95,13 +95,60 @@ def test_optimizers_and_schedules(opt, schedule):
 def test_eval_step_padding_is_dropped(make_tiny_config):
   cfg = config_lib.resolve(make_tiny_config())
   splits = data.load_splits(cfg)
-  placement = train.Placement()
+  placement = train.make_placement()
   state = train.create_train_state(cfg, jax.random.PRNGKey(0), 6)
   step = train.make_eval_step(state.apply_fn, data.make_preprocess(cfg.data), placement)
   logits, losses = train.predict(state.params, step, splits["test"], 64, placement)
   assert logits.shape == (300, 10) and losses.shape == (300,)
   full, _ = train.predict(state.params, step, splits["test"], 300, placement)
   np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_devices,batch_size", [(2, 32), (3, 50)])
+def test_cpu_replicas_step_equals_one_full_batch_step(num_devices, batch_size):
+  # CpuReplicas' arithmetic (shards, size-weighted average, update on device 0) does
+  # not depend on which devices run the shards: one device listed several times
+  # tests it in this one-device process. 50 rows on 3 devices: shards 16, 17, 17.
+  cfg, state, _ = _state_and_batch()
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.integers(0, 256, (batch_size, 28, 28), dtype=np.uint8),
+           "label": rng.integers(0, 10, batch_size, dtype=np.int32)}
+  replicas = train.CpuReplicas(jax.devices()[:1] * num_devices)
+  shards = replicas.put_batch(batch)
+  assert [len(s["label"]) for s in shards] == (
+      [16, 16] if batch_size == 32 else [16, 17, 17])
+  expected, expected_metrics = _step(cfg)(state, jax.tree.map(jnp.asarray, batch))
+  step = train.make_train_step(replicas, state.apply_fn, data.make_preprocess(cfg.data))
+  got, got_metrics = step(jax.tree.map(jnp.copy, state), shards)
+  assert int(got.step) == 1
+  for key in ("loss", "accuracy", "grad_norm"):
+    np.testing.assert_allclose(got_metrics[key], expected_metrics[key], rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               got.params, expected.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+               jax.tree.leaves(got.opt_state), jax.tree.leaves(expected.opt_state))
+
+
+def test_cpu_replicas_small_batch_stays_on_one_device():
+  replicas = train.CpuReplicas(jax.devices()[:1] * 4)
+  batch = {"label": np.arange(40)}
+  assert [len(s["label"]) for s in replicas.put_batch(batch)] == [20, 20]
+  assert [len(s["label"]) for s in replicas.put_batch({"label": np.arange(15)})] == [15]
+
+
+def test_cpu_replicas_predict_equals_one_device(make_tiny_config):
+  cfg = config_lib.resolve(make_tiny_config())
+  splits = data.load_splits(cfg)
+  state = train.create_train_state(cfg, jax.random.PRNGKey(0), 6)
+  preprocess = data.make_preprocess(cfg.data)
+  outputs = []
+  for placement in (train.Placement(), train.CpuReplicas(jax.devices()[:1] * 3)):
+    step = train.make_eval_step(state.apply_fn, preprocess, placement)
+    outputs.append(train.predict(state.params, step, splits["test"], 64, placement))
+  (logits, losses), (replica_logits, replica_losses) = outputs
+  assert replica_logits.shape == (300, 10)
+  np.testing.assert_allclose(replica_logits, logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(replica_losses, losses, rtol=1e-5, atol=1e-5)
 
 
 def test_early_stopping_stops_and_a_rerun_does_not_train_on(make_tiny_config, tmp_path):

@@ -56,9 +56,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  # TensorFlow only feeds tfds; keep it off the GPUs so JAX gets all their memory.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
+  # TensorFlow only feeds tfds and is imported only when tfds must read (a first run;
+  # later runs read data.py's array cache): data._tfds hides the GPUs from it there.
 
   from mnist_jax import distributed, evaluate  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError

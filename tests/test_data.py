@@ -134,3 +134,53 @@ def test_fashion_and_mnist_in_one_tfds_dir_stay_distinct(tfds_dir, data_root):
   fashion = data.load_splits(config_lib.resolve(cfg))["test"]
   assert not np.array_equal(mnist.images, fashion.images)
   assert fashion.images.mean() > 1.5 * mnist.images.mean()  # Clothes cover more pixels.
+
+
+def _digest(splits) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  for name in ("train", "validation", "test"):
+    h.update(splits[name].images.tobytes())
+    h.update(splits[name].labels.tobytes())
+  return h.hexdigest()
+
+
+def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_path):
+  import os
+  import shutil
+  import subprocess
+  import sys
+  # A private copy of the prepared dataset (no cache yet), so this test owns the cache.
+  source = os.path.join(tfds_dir, "mnist")
+  version = next(v for v in sorted(os.listdir(source))
+                 if os.path.isfile(os.path.join(source, v, "dataset_info.json")))
+  shutil.copytree(os.path.join(source, version), tmp_path / "mnist" / version)
+  cfg = config_lib.get_config()
+  cfg.data.tfds_dir = str(tmp_path)
+  cfg.data.manual_dir = str(data_root / "mnist")
+  cfg = config_lib.resolve(cfg)
+  cache = tmp_path / "mnist" / "mnist_jax_arrays.npz"
+
+  from_tfds = _digest(data.load_splits(cfg))  # No cache: read through tfds, written.
+  assert cache.exists() and not list((tmp_path / "mnist").glob("*.tmp-*"))
+  script = ("import sys; from mnist_jax import config as c, data; "
+            "import test_data as t; cfg = c.get_config(); "
+            f"cfg.data.tfds_dir = {str(tmp_path)!r}; "
+            "print(t._digest(data.load_splits(c.resolve(cfg))), "
+            "'tensorflow' in sys.modules, data.class_names('mnist', cfg.data.tfds_dir))")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=os.path.dirname(__file__), check=True).stdout.split(maxsplit=2)
+  assert out[0] == from_tfds  # Same arrays, labels and split boundaries.
+  assert out[1] == "False"  # TensorFlow never imported.
+  assert out[2].strip() == str([str(i) for i in range(10)])
+
+  # A cache that does not load is ignored and rewritten.
+  cache.write_bytes(b"not an npz")
+  assert _digest(data.load_splits(cfg)) == from_tfds
+  assert data._read_array_cache("mnist", str(tmp_path)) is not None
+  # Prepared again since (dataset_info.json changed): the cache no longer applies.
+  info = tmp_path / "mnist" / version / "dataset_info.json"
+  info.write_text(info.read_text() + " ")
+  assert data._read_array_cache("mnist", str(tmp_path)) is None
+  assert _digest(data.load_splits(cfg)) == from_tfds
+  assert data._read_array_cache("mnist", str(tmp_path)) is not None

@@ -35,6 +35,10 @@ flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT o
                     "TPU VM or $JAX_COORDINATOR_ADDRESS; see mnist_jax/distributed.py).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
+flags.DEFINE_string("compilation_cache", "~/.cache/mnist_jax/jax_compilation_cache",
+                    "Folder for JAX's persistent compilation cache: a rerun of a model "
+                    "skips XLA compilation (seed LSTM: 6.9 -> 1.8 s to the first "
+                    "validation). Empty: off.")
 flags.DEFINE_integer("cpu_devices", None, "One process on CPU: split each batch across "
                      "this many CPU devices, one core each (default: one per core, at "
                      "most 8; 1: off). See train.CpuReplicas.")
@@ -62,6 +66,7 @@ def main(argv):
   from mnist_jax import distributed, evaluate  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError
   try:
+    _use_compilation_cache(FLAGS.compilation_cache)
     if not distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id):
       distributed.set_cpu_devices(FLAGS.cpu_devices)
@@ -82,6 +87,22 @@ def main(argv):
   except UserError as e:
     logging.flush()
     sys.exit(f"error: {e}")
+
+
+def _use_compilation_cache(folder: str) -> None:
+  """Turns on JAX's persistent compilation cache in `folder` (every executable).
+
+  Entries are keyed by the program, compile options, JAX version and device, so a
+  changed model or another machine compiles afresh. A damaged entry (e.g. a run killed
+  while writing it) is reported by JAX as a warning and compiled again.
+  """
+  if not folder:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+  # The defaults skip programs that compile in under 1 s; here those add up to seconds.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Callable
@@ -427,16 +428,34 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 class MetricWriter:
-  """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard (process 0 only)."""
+  """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard (process 0 only).
+
+  TensorBoard events are written with the `tensorboard` package's record writer and
+  protos (what torch.utils.tensorboard uses), not tf.summary: importing TensorFlow
+  costs ~6 s of start-up here, and nothing else in a run needs it once the data is
+  cached. Each write is flushed; a killed run leaves at most a truncated last
+  record, which TensorBoard skips.
+  """
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    import tensorflow as tf  # Already loaded by tfds; imported here to keep it local.
-    self._tf = tf
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    tb_dir = os.path.join(workdir, "tensorboard")
+    os.makedirs(tb_dir, exist_ok=True)
+    # One file per writer, named as TensorBoard expects; a resumed run adds a file.
+    self._events_file = open(os.path.join(
+        tb_dir, f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"), "wb")
+    self._events = RecordWriter(self._events_file)
+    self._write_event(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write_event(self, event) -> None:
+    self._events.write(event.SerializeToString())
+    self._events.flush()
 
   def write(self, step: int, prefix: str, values: dict, **extra) -> None:
     if not self.enabled:
@@ -445,15 +464,15 @@ class MetricWriter:
               **{k: float(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    with self._summary.as_default(step=step):
-      for k, v in values.items():
-        self._tf.summary.scalar(f"{prefix}/{k}", float(v))
-    self._summary.flush()
+    summary = self._summary(value=[
+        self._summary.Value(tag=f"{prefix}/{k}", simple_value=float(v))
+        for k, v in values.items()])
+    self._write_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._summary.close()
+      self._events_file.close()
 
 
 # ----------------------------------------------------------------------------------

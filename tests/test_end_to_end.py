@@ -38,7 +38,15 @@ def test_training_writes_config_metrics_checkpoints(trained_workdir):
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {r["split"] for r in records} == {"train", "validation"}
   assert [r["step"] for r in records if r["split"] == "validation"] == [4, 8]
-  assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  for split, tag in (("train", "loss"), ("validation", "accuracy")):
+    logged = [r for r in records if r["split"] == split]
+    scalars = events.Scalars(f"{split}/{tag}")  # TensorBoard sees metrics.jsonl.
+    assert [e.step for e in scalars] == [r["step"] for r in logged]
+    assert [e.value for e in scalars] == pytest.approx([r[tag] for r in logged],
+                                                       rel=1e-6)
   steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
   assert steps == [4, 8]
   assert "accuracy" in proc.stdout and "confusion matrix" in proc.stdout

@@ -103,6 +103,7 @@ def _use_compilation_cache(folder: str) -> None:
   # The defaults skip programs that compile in under 1 s; here those add up to seconds.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", 2**30)  # LRU-evicted beyond.
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

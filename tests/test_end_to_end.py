@@ -140,3 +140,31 @@ def test_eval_of_missing_checkpoint_is_one_line(tmp_path, trained_workdir):
   assert "no checkpoint at step 12345" in line and "4, 8" in line
   line = _one_line_error(run_main("--mode=eval", f"--workdir={tmp_path}"))
   assert "config.json" in line
+
+
+def test_compilation_cache_is_filled_reused_and_survives_damage(trained_workdir,
+                                                                tmp_path):
+  workdir, _ = trained_workdir
+  cache = tmp_path / "compilation_cache"
+  args = ["--mode=eval", f"--workdir={workdir}", "--checkpoint=latest",
+          f"--compilation_cache={cache}"]
+
+  def evaluate() -> dict:
+    proc = run_main(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((workdir / "eval" / "test_metrics.json").read_text())
+
+  reference = evaluate()
+  entries = sorted(cache.glob("*-cache"))
+  assert entries  # Every executable of the run, however quick to compile.
+  last_used = {p: p.with_name(p.name[:-len("cache")] + "atime").read_bytes()
+               for p in entries}
+  assert evaluate() == reference
+  assert sorted(cache.glob("*-cache")) == entries  # Nothing compiled anew...
+  reused = [p for p, t in last_used.items()
+            if p.with_name(p.name[:-len("cache")] + "atime").read_bytes() != t]
+  assert len(reused) == len(entries)  # ...every entry was read back.
+  # A run killed while writing an entry leaves it truncated: JAX warns, compiles again.
+  for p in entries:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  assert evaluate() == reference

@@ -92,7 +92,10 @@ def _cli_args(workdir, tfds_dir, data_root, *extra):
           f"--config.data.tfds_dir={tfds_dir}",
           f"--config.data.manual_dir={data_root / 'mnist'}",
           "--config.num_epochs=2", "--config.max_train_examples=400",
-          "--config.max_eval_examples=300", "--config.model.hidden_size=16"]
+          "--config.max_eval_examples=300", "--config.model.hidden_size=16",
+          # One device, like the in-process runs these are compared with: bitwise
+          # equality needs the same devices (two CPU devices sum in another order).
+          "--cpu_devices=1"]
   args += [f"--config.{k}={v}" for k, v in RUN.items()
            if k not in ("num_epochs", "max_train_examples", "max_eval_examples",
                         "model.hidden_size")]
@@ -256,6 +259,29 @@ def test_sigkill_at_random_steps_resumes_to_identical_result(
   assert proc.returncode == 0, proc.stderr[-3000:]
   test_metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
   _assert_same_as_reference(workdir, reference, test_metrics)
+
+
+def test_sigkill_with_two_cpu_devices_resumes_to_identical_result(tmp_path, tfds_dir,
+                                                                  data_root):
+  # The default on a multi-core CPU: train.CpuReplicas. Killed and resumed on two
+  # devices, the result equals an uninterrupted two-device run bit for bit.
+  def args(workdir):
+    return [a for a in _cli_args(workdir, tfds_dir, data_root)
+            if a != "--cpu_devices=1"] + ["--cpu_devices=2"]
+
+  uninterrupted = tmp_path / "uninterrupted"
+  proc = run_main(*args(uninterrupted))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Devices: 2 CPU devices" in proc.stderr
+  workdir = tmp_path / "run"
+  rc, logged = _run_until(args(workdir), workdir, tmp_path / "logs", 8, signal.SIGKILL)
+  assert rc == -signal.SIGKILL, f"run was not killed (rc {rc}, logged {logged})"
+  proc = run_main(*args(workdir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _assert_same_state(_restore(workdir), _restore(uninterrupted))
+  assert _val_accuracies(workdir) == _val_accuracies(uninterrupted)
+  assert ((workdir / "eval" / "test_metrics.json").read_text() ==
+          (uninterrupted / "eval" / "test_metrics.json").read_text())
 
 
 # ----------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ Reported per config:
   training loop does. With `--compare=torch`, JAX and PyTorch repeats alternate, so a
   change in background load hits both sides alike.
 * compile: seconds to trace, lower and compile the train step (and the eval step).
+  With several CPU devices (`train.CpuReplicas`, the default on a multi-core CPU)
+  there is no single train executable: the figure is the first step run once (which
+  compiles every device's program) plus an ahead-of-time compile of one shard's
+  gradient program, and the eval figure includes one evaluation batch.
 * FLOPs: counted analytically for the matmuls (input projection, recurrent matmul,
   head), x3 for a training step (forward, and backward to inputs and weights).
   Element-wise gate arithmetic is not counted. XLA's `cost_analysis()` is not used: it
@@ -25,7 +29,8 @@ Reported per config:
 * GFLOP/s achieved, and as a fraction of an f32 matmul peak measured in the same run
   (1000x400 @ 400x400 in a jitted `fori_loop`), and of a matmul of the model's own
   recurrent shape ([batch, hidden] @ [hidden, gates * hidden]) run the same way.
-* memory: XLA's buffer sizes for the compiled train step, the device allocator's peak
+* memory: XLA's buffer sizes for the compiled train step (with CpuReplicas: one
+  shard's gradient program, without the optimizer update), the device allocator's peak
   where the backend reports one (not on CPU), and the process's peak resident set
   while each side set up and warmed up (Linux: VmHWM, reset per phase through
   /proc/self/clear_refs; elsewhere getrusage's ru_maxrss, never reset).
@@ -93,7 +98,8 @@ def _define_flags() -> None:
                        "(one per physical core).")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON to this path.")
   flags.DEFINE_integer("cpu_devices", None, "JAX CPU devices (train.CpuReplicas), as "
-                       "`mnist_jax.main --cpu_devices`: default one per core, 1: off.")
+                       "`mnist_jax.main --cpu_devices`: default one per logical CPU, "
+                       "1: off.", lower_bound=1)
 
 
 # Models `--compare=torch` can build (torch.nn.LSTM, GRU, RNN).
@@ -291,7 +297,8 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
       out = jit_eval_step(params, eval_batches[i % num_batches])
     jax.block_until_ready(out)
 
-  info = {"train_compile_s": train_compile_s, "eval_compile_s": eval_compile_s}
+  info = {"train_compile_s": train_compile_s, "eval_compile_s": eval_compile_s,
+          "placement": placement.describe()}
   if memory is not None:
     info["xla_train_step_mib"] = {
         "arguments": memory.argument_size_in_bytes / 2**20,

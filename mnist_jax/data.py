@@ -22,8 +22,9 @@ import os
 import queue
 import socket
 import struct
+import tempfile
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +61,12 @@ def _tfds():
   """tensorflow_datasets, imported on first use: it imports TensorFlow (~6 s here)."""
   import tensorflow as tf
   # TensorFlow only feeds tfds; keep it off the GPUs so JAX gets all their memory.
-  with contextlib.suppress(RuntimeError):  # Raised if TF's devices already started.
+  try:
     tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow's devices already started (imported elsewhere).
+    from absl import logging
+    logging.warning("TensorFlow was initialised before mnist_jax could hide the GPUs "
+                    "from it; it may hold GPU memory that JAX then lacks.")
   import tensorflow_datasets as tfds
   return tfds
 
@@ -167,7 +172,7 @@ def _download_and_prepare(builder, data_config):
 
 def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
   """The dataset's label names: from the array cache, else tfds' metadata."""
-  cached = _read_array_cache(name, tfds_dir)
+  cached = _read_array_cache(name, tfds_dir, keys=("class_names",))
   if cached is not None:
     return [str(n) for n in cached["class_names"]]
   return list(_tfds().builder(name, data_dir=tfds_dir).info.features["label"].names)
@@ -178,8 +183,12 @@ def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
 # TensorFlow; reading through tfds takes ~8 s on this CPU, 5.7 of them importing
 # TensorFlow. It records which prepared folder it came from (name and SHA-256 of its
 # dataset_info.json) and is ignored if that folder changed or is gone, or if the file
-# does not load; it is written atomically, so a killed run never leaves half a file.
+# does not load or lacks an array. It is written to a temporary file, synced and
+# renamed, so a killed run (or a crash) never leaves half a file under its name.
 _ARRAY_CACHE = "mnist_jax_arrays.npz"
+_ARRAY_CACHE_FORMAT = 1
+_SPLIT_ARRAYS = {"train_images": np.uint8, "train_labels": np.int32,
+                 "test_images": np.uint8, "test_labels": np.int32}
 
 
 def _tfds_dataset_root(name: str, tfds_dir: str | None) -> str | None:
@@ -191,6 +200,7 @@ def _tfds_dataset_root(name: str, tfds_dir: str | None) -> str | None:
 
 
 def _dataset_info_sha256(version_dir: str) -> str | None:
+  """SHA-256 of a prepared folder's dataset_info.json (None if unreadable)."""
   try:
     with open(os.path.join(version_dir, "dataset_info.json"), "rb") as f:
       return hashlib.sha256(f.read()).hexdigest()
@@ -198,41 +208,65 @@ def _dataset_info_sha256(version_dir: str) -> str | None:
     return None
 
 
-def _read_array_cache(name: str, tfds_dir: str | None) -> dict | None:
+def _read_array_cache(name: str, tfds_dir: str | None,
+                      keys: tuple[str, ...] = (*_SPLIT_ARRAYS, "class_names")
+                      ) -> dict | None:
+  """`keys` from the array cache, or None if it is missing, stale or damaged."""
   root = _tfds_dataset_root(name, tfds_dir)
   path = root and os.path.join(root, _ARRAY_CACHE)
   if not path or not os.path.exists(path):
     return None
   try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-    version, digest = str(arrays["source_version"]), str(arrays["source_sha256"])
+    with np.load(path, allow_pickle=False) as f:  # Reads only the members asked for.
+      if int(f["format"]) != _ARRAY_CACHE_FORMAT:
+        return None
+      version, digest = str(f["source_version"]), str(f["source_sha256"])
+      arrays = {k: f[k] for k in keys}
   except Exception:  # pylint: disable=broad-except
-    return None  # Unreadable (e.g. disk trouble): tfds rebuilds it.
+    return None  # Unreadable or incomplete (e.g. disk trouble): tfds rebuilds it.
+  for key, dtype in _SPLIT_ARRAYS.items():
+    if key in arrays and arrays[key].dtype != dtype:
+      return None
+  if "train_images" in arrays and (
+      arrays["train_images"].shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)
+      or len(arrays["train_images"]) != len(arrays["train_labels"])
+      or len(arrays["test_images"]) != len(arrays["test_labels"])):
+    return None
   if _dataset_info_sha256(os.path.join(root, version)) != digest:
     return None  # Prepared again or removed since: not this data any more.
   return arrays
 
 
 def _write_array_cache(builder, arrays: dict) -> None:
+  """Writes the array cache for `builder`'s prepared folder; skipped if it can't."""
   version_dir = builder.data_dir
   digest = _dataset_info_sha256(version_dir)
   if "://" in version_dir or digest is None:
     return
-  path = os.path.join(os.path.dirname(version_dir), _ARRAY_CACHE)
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  folder = os.path.dirname(version_dir)
   try:
-    np.savez(tmp, source_version=os.path.basename(version_dir), source_sha256=digest,
-             class_names=np.array(builder.info.features["label"].names), **arrays)
-    os.replace(tmp, path)
-  except OSError:  # Read-only data dir, full disk: run without the cache.
+    fd, tmp = tempfile.mkstemp(prefix=f"{_ARRAY_CACHE}.", suffix=".tmp", dir=folder)
+  except OSError:  # Read-only data dir: run without the cache.
+    return
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, format=_ARRAY_CACHE_FORMAT,
+               source_version=os.path.basename(version_dir), source_sha256=digest,
+               class_names=np.array(builder.info.features["label"].names), **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, _ARRAY_CACHE))
+  except OSError:  # Full disk and the like: run without the cache.
+    pass
+  finally:
     with contextlib.suppress(OSError):
-      os.remove(tmp)
+      os.remove(tmp)  # Gone already after a successful rename.
 
 
 def _read_dataset(data_config) -> dict[str, np.ndarray]:
   """train/test images and labels of the prepared dataset (preparing it if needed)."""
-  cached = _read_array_cache(data_config.name, data_config.tfds_dir)
+  cached = _read_array_cache(data_config.name, data_config.tfds_dir,
+                             keys=tuple(_SPLIT_ARRAYS))
   if cached is not None:
     return cached
   builder = prepare(data_config)
@@ -393,14 +427,15 @@ def process_slice(global_size: int) -> slice:
 
 
 def train_batches(split: Split, order: TrainOrder, start_step: int, end_step: int,
-                  put: Callable[[dict], dict], prefetch: int = 2) -> Iterator[dict]:
+                  put: Callable[[dict], Any], prefetch: int = 2) -> Iterator[Any]:
   """Yields device batches for steps [start_step, end_step), prepared in a thread.
 
   Args:
     split: the training split.
     order: the batch order.
     start_step, end_step: step range.
-    put: places a host batch (this process's rows) on the devices.
+    put: places a host batch (this process's rows) on the devices (a placement's
+      `put_batch`: a dict of arrays, or a list of per-device shards).
     prefetch: batches prepared ahead.
   """
   rows = process_slice(order.batch_size)

@@ -140,20 +140,28 @@ def set_cpu_devices(count: int | None) -> int | None:
   It only concerns the CPU client: on a GPU or TPU the model runs there as before.
 
   Args:
-    count: devices wanted; None: one per core this process may run on
-      (`os.sched_getaffinity`), at most `MAX_AUTO_CPU_DEVICES`.
+    count: devices wanted; None: one per logical CPU this process may run on
+      (`os.sched_getaffinity`: hardware threads, so `taskset` limits it), at most
+      `MAX_AUTO_CPU_DEVICES`, unless $JAX_NUM_CPU_DEVICES or XLA_FLAGS'
+      --xla_force_host_platform_device_count already says.
 
   Returns:
-    The count set, or None when left to XLA_FLAGS'
-    --xla_force_host_platform_device_count, which then decides.
+    The count set, or None when left to $JAX_NUM_CPU_DEVICES / XLA_FLAGS.
 
   Raises:
     ConfigError: count < 1.
   """
   if count is not None and count < 1:
     raise ConfigError(f"--cpu_devices={count} must be at least 1 (1: no replicas).")
-  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-    return None
+  for source, present in (
+      ("XLA_FLAGS", "xla_force_host_platform_device_count" in
+       os.environ.get("XLA_FLAGS", "")),
+      ("JAX_NUM_CPU_DEVICES", bool(os.environ.get("JAX_NUM_CPU_DEVICES")))):
+    if present:
+      if count is not None:
+        logging.warning("--cpu_devices=%d ignored: %s sets the CPU device count.",
+                        count, source)
+      return None
   if count is None:
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)

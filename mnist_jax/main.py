@@ -40,8 +40,9 @@ flags.DEFINE_string("compilation_cache", "~/.cache/mnist_jax/jax_compilation_cac
                     "skips XLA compilation (seed LSTM: 6.9 -> 1.8 s to the first "
                     "validation). Empty: off.")
 flags.DEFINE_integer("cpu_devices", None, "One process on CPU: split each batch across "
-                     "this many CPU devices, one core each (default: one per core, at "
-                     "most 8; 1: off). See train.CpuReplicas.")
+                     "this many CPU devices, one core each (default: one per logical "
+                     "CPU this process may use, at most 8; 1: off). See "
+                     "train.CpuReplicas.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -70,6 +71,9 @@ def main(argv):
     if not distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id):
       distributed.set_cpu_devices(FLAGS.cpu_devices)
+    elif FLAGS.cpu_devices is not None:
+      logging.warning("--cpu_devices ignored: several processes use the data mesh, "
+                      "one CPU device each.")
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise UserError("--config is required to train (e.g. "
@@ -95,6 +99,9 @@ def _use_compilation_cache(folder: str) -> None:
   Entries are keyed by the program, compile options, JAX version and device, so a
   changed model or another machine compiles afresh. A damaged entry (e.g. a run killed
   while writing it) is reported by JAX as a warning and compiled again.
+
+  Args:
+    folder: the cache folder ("~" expanded); empty: leave the cache off.
   """
   if not folder:
     return

@@ -117,6 +117,9 @@ def loss_and_gradients(params: Any, rng: jax.Array, batch: Batch, *,
     preprocess: images -> model inputs [batch, time, features].
     label_smoothing: optax.smooth_labels' alpha.
     augment_max_shift: random shift of up to this many pixels (0: none).
+
+  Returns:
+    (gradients shaped like `params`, {"loss": scalar, "accuracy": scalar}).
   """
   shift_rng, dropout_rng = jax.random.split(rng)
   images = data.random_shift(shift_rng, batch["image"], augment_max_shift)
@@ -142,6 +145,14 @@ def apply_gradients(state: TrainState, grads: Any,
 
   A step whose loss, gradients or updated state are not finite leaves the state
   unchanged (the caller stops the run); `finite` in the metrics reports it.
+
+  Args:
+    state: the train state (its step, params and optimizer state are updated).
+    grads: gradients of the mean loss, shaped like `state.params`.
+    metrics: {"loss", "accuracy"} of the batch the gradients came from.
+
+  Returns:
+    (new state, metrics plus "grad_norm" and "finite").
   """
   grad_norm = optax.global_norm(grads)
   new_state = state.apply_gradients(grads=grads)
@@ -201,6 +212,7 @@ class Placement:
                             jax.local_device_count() > 1)
 
   def describe(self) -> str:
+    """One line for the log: which devices and how the batch is split."""
     if jax.device_count() == 1:
       return f"one device ({jax.devices()[0].platform})"
     return (f"data mesh over {jax.device_count()} {jax.devices()[0].platform} devices "
@@ -220,6 +232,7 @@ class Placement:
             for k, v in local_batch.items()}
 
   def make_train_step(self, apply_fn: Callable, **step_options) -> Callable:
+    """`train_step` jitted with the mesh shardings (see `make_train_step`)."""
     del apply_fn  # `train_step` reads it from the state.
     step = jax.jit(functools.partial(train_step, **step_options),
                    in_shardings=(self.replicated, self.batch),
@@ -230,6 +243,7 @@ class Placement:
     return step
 
   def make_eval_step(self, apply_fn: Callable, preprocess: Callable) -> Callable:
+    """`eval_step` jitted with the mesh shardings (outputs replicated)."""
     return jax.jit(functools.partial(eval_step, apply_fn=apply_fn,
                                      preprocess=preprocess),
                    in_shardings=(self.replicated, self.batch),
@@ -254,9 +268,10 @@ class CpuReplicas:
 
   Shards need not be equal: any batch size works, and a batch is split across at
   most `batch_size // MIN_SHARD` devices. The state lives on device 0, so checkpoints
-  are the same as a one-device run's. Random draws (shift augmentation, dropout) fold
-  in the shard's index, so they differ from a one-device run, as sums differ in
-  float round-off.
+  are the same as a one-device run's. Shard i > 0 folds its index into the step's
+  key, so with shift augmentation or dropout a split batch draws differently from a
+  one-device run (and sums always differ in float round-off): results depend on the
+  number of shards, hence on the machine's core count unless --cpu_devices is set.
   """
   MIN_SHARD = 16  # Smaller shards do not pay for their dispatch and copies.
 
@@ -266,6 +281,7 @@ class CpuReplicas:
     self.sync_every_step = False
 
   def describe(self) -> str:
+    """One line for the log: which devices and how the batch is split."""
     return (f"{len(self.devices)} CPU devices (CpuReplicas: each batch split across "
             f"them, shards of at least {self.MIN_SHARD})")
 
@@ -285,10 +301,14 @@ class CpuReplicas:
     return [tree] + [jax.device_put(tree, d) for d in self.devices[1:num]]
 
   def make_train_step(self, apply_fn: Callable, **step_options) -> Callable:
+    """Per-shard gradients on every device, averaged and applied on device 0."""
     def shard_gradients(params, rng, step, replica, shard):
-      rng = jax.random.fold_in(jax.random.fold_in(rng, step), replica)
+      # Shard 0 draws with the one-device key, so a batch small enough for one
+      # shard trains exactly as on one device; shard i > 0 folds in i.
+      rng = jax.random.fold_in(rng, step)
+      rng = jnp.where(replica == 0, rng, jax.random.fold_in(rng, replica))
       return loss_and_gradients(params, rng, shard, apply_fn=apply_fn,
-                                 **step_options)
+                                **step_options)
 
     def combine_and_apply(state, grads, metrics, weights):
       average = lambda *xs: sum(w * x for w, x in zip(weights, xs))
@@ -320,6 +340,7 @@ class CpuReplicas:
     return step
 
   def make_eval_step(self, apply_fn: Callable, preprocess: Callable) -> Callable:
+    """`eval_step` on every shard at once; outputs concatenated on the host."""
     jitted = jax.jit(functools.partial(eval_step, apply_fn=apply_fn,
                                        preprocess=preprocess))
 
@@ -448,8 +469,13 @@ class MetricWriter:
     tb_dir = os.path.join(workdir, "tensorboard")
     os.makedirs(tb_dir, exist_ok=True)
     # One file per writer, named as TensorBoard expects; a resumed run adds a file.
-    self._events_file = open(os.path.join(
-        tb_dir, f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"), "wb")
+    name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+            f"{os.getpid()}.{time.monotonic_ns()}")
+    try:
+      self._events_file = open(os.path.join(tb_dir, name), "xb")  # Never truncate.
+    except OSError:
+      self._jsonl.close()
+      raise
     self._events = RecordWriter(self._events_file)
     self._write_event(self._event(wall_time=time.time(), file_version="brain.Event:2"))
 

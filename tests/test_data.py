@@ -162,16 +162,22 @@ def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_p
   cache = tmp_path / "mnist" / "mnist_jax_arrays.npz"
 
   from_tfds = _digest(data.load_splits(cfg))  # No cache: read through tfds, written.
-  assert cache.exists() and not list((tmp_path / "mnist").glob("*.tmp-*"))
-  script = ("import sys; from mnist_jax import config as c, data; "
+  assert cache.exists() and not list((tmp_path / "mnist").glob("*.tmp"))
+  # A fresh process: data from the cache, a TensorBoard event written, no TensorFlow.
+  script = ("import sys; from mnist_jax import config as c, data, train; "
             "import test_data as t; cfg = c.get_config(); "
             f"cfg.data.tfds_dir = {str(tmp_path)!r}; "
-            "print(t._digest(data.load_splits(c.resolve(cfg))), "
-            "'tensorflow' in sys.modules, data.class_names('mnist', cfg.data.tfds_dir))")
+            "splits = data.load_splits(c.resolve(cfg)); "
+            f"w = train.MetricWriter({str(tmp_path)!r}); "
+            "w.write(1, 'train', {'loss': 0.5}); w.close(); "
+            "print(t._digest(splits), 'tensorflow' in sys.modules, "
+            "data.class_names('mnist', cfg.data.tfds_dir))")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       cwd=os.path.dirname(__file__), check=True).stdout.split(maxsplit=2)
+                       cwd=os.path.dirname(__file__), check=True).stdout
+  out = out.split(maxsplit=2)
   assert out[0] == from_tfds  # Same arrays, labels and split boundaries.
   assert out[1] == "False"  # TensorFlow never imported.
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert out[2].strip() == str([str(i) for i in range(10)])
 
   # A cache that does not load is ignored and rewritten.

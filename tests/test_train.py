@@ -12,6 +12,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
 from mnist_jax import train
+from mnist_jax.errors import ConfigError
 
 
 def _state_and_batch(model_name="lstm", **model_overrides):
@@ -127,6 +128,31 @@ def test_cpu_replicas_step_equals_one_full_batch_step(num_devices, batch_size):
                got.params, expected.params)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
                jax.tree.leaves(got.opt_state), jax.tree.leaves(expected.opt_state))
+
+
+def test_cpu_replicas_single_shard_draws_like_one_device():
+  # With dropout and shift augmentation on: a batch too small to split (< 2 x 16
+  # rows) trains exactly as on one device, random draws included.
+  cfg, state, batch = _state_and_batch(dropout=0.5)  # 16 rows: one shard.
+  options = dict(augment_max_shift=2)
+  expected, _ = _step(cfg, **options)(state, batch)
+  replicas = train.CpuReplicas(jax.devices()[:1] * 2)
+  shards = replicas.put_batch(jax.tree.map(np.asarray, batch))
+  assert len(shards) == 1
+  step = train.make_train_step(replicas, state.apply_fn, data.make_preprocess(cfg.data),
+                               **options)
+  got, _ = step(jax.tree.map(jnp.copy, state), shards)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7),
+               got.params, expected.params)
+
+
+def test_mesh_batch_not_divisible_by_devices_is_one_line_error(monkeypatch):
+  placement = train.Placement()
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  with pytest.raises(ConfigError, match=r"^config.batch_size=50 must be divisible by "
+                     r"the 4 devices of the data mesh .*use a multiple of 4\.$"):
+    placement.check_batch_size(50, "batch_size")
+  placement.check_batch_size(48, "batch_size")
 
 
 def test_cpu_replicas_small_batch_stays_on_one_device():

@@ -9,6 +9,7 @@
     WORKDIR/checkpoints/<step>/  Orbax checkpoints (see `checkpoints.py`)
 """
 
+import collections
 import functools
 import json
 import math
@@ -340,14 +341,18 @@ class CpuReplicas:
     return step
 
   def make_eval_step(self, apply_fn: Callable, preprocess: Callable) -> Callable:
-    """`eval_step` on every shard at once; outputs concatenated on the host."""
+    """`eval_step` on every shard at once; `predict` joins the shards' outputs."""
     jitted = jax.jit(functools.partial(eval_step, apply_fn=apply_fn,
                                        preprocess=preprocess))
 
+    copies = {}  # Parameters on every device, kept while the same params come back.
+
     def run(params: Any, shards: list[Batch]) -> dict:
-      params = self._replicate(params, len(shards))
-      outputs = jax.device_get([jitted(p, s) for p, s in zip(params, shards)])
-      return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+      """{logits, loss}, each a list of per-shard device arrays in row order."""
+      if copies.get("of") is not params:
+        copies.update(of=params, on=self._replicate(params, len(self.devices)))
+      outputs = [jitted(p, s) for p, s in zip(copies["on"], shards)]
+      return {k: [o[k] for o in outputs] for k in outputs[0]}
 
     return run
 
@@ -375,7 +380,10 @@ def make_train_step(placement: Placement | CpuReplicas, apply_fn: Callable,
 
 def make_eval_step(apply_fn: Callable, preprocess: Callable,
                    placement: Placement | CpuReplicas) -> Callable:
-  """`eval_step` for `placement`: (params, batch) -> {logits, loss} (all rows)."""
+  """`eval_step` for `placement`: (params, batch) -> {logits, loss} (all rows).
+
+  With `CpuReplicas` each value is a list of per-shard arrays, in row order.
+  """
   return placement.make_eval_step(apply_fn, preprocess)
 
 
@@ -385,17 +393,34 @@ def predict(params: Any, jit_eval_step: Callable, split: data.Split, batch_size:
   """Logits [n, classes] and losses [n] for every example of `split`, in order.
 
   The last batch is padded to `batch_size` (one compilation) and the padding dropped.
+  Up to `_EVAL_IN_FLIGHT` batches are dispatched before the oldest is fetched, so the
+  devices never wait for the host.
   """
   placement.check_batch_size(batch_size, "eval_batch_size")  # Also for --mode=eval.
   rows = data.process_slice(batch_size)
   logits, losses = [], []
+  in_flight = collections.deque()
+
+  def fetch_oldest():
+    out, mask = in_flight.popleft()
+    out = jax.device_get(out)  # Replicated output: every process has all rows.
+    for name, kept in (("logits", logits), ("loss", losses)):
+      value = out[name]  # CpuReplicas: a list of shards.
+      value = np.concatenate(value) if isinstance(value, list) else np.asarray(value)
+      kept.append(value[mask])
+
   for batch in data.eval_batches(split, batch_size):
     mask = batch.pop("mask")
-    out = jit_eval_step(params, placement.put_batch({k: v[rows] for k, v in batch.items()}))
-    out = jax.device_get(out)  # Replicated output: every process has all rows.
-    logits.append(np.asarray(out["logits"])[mask])
-    losses.append(np.asarray(out["loss"])[mask])
+    in_flight.append((jit_eval_step(params, placement.put_batch(
+        {k: v[rows] for k, v in batch.items()})), mask))
+    if len(in_flight) > _EVAL_IN_FLIGHT:
+      fetch_oldest()
+  while in_flight:
+    fetch_oldest()
   return np.concatenate(logits), np.concatenate(losses)
+
+
+_EVAL_IN_FLIGHT = 2
 
 
 # ----------------------------------------------------------------------------------

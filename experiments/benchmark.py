@@ -5,11 +5,13 @@ r"""Training and evaluation speed of an experiment config, optionally against Py
         --config.model.name=gru --compare=torch
     python experiments/benchmark.py --preset=all --compare=torch
 
-The JAX side is the library's own code: `train.create_train_state`, `train.train_step`
-jitted with the shardings and `donate_argnums=0` that `train.train` uses, and
-`train.make_eval_step`. Batches are random uint8 images of the real shape (speed does
-not depend on pixel values), placed on the device before timing, so the numbers are
-the steps alone, as in training where a thread prepares batches ahead.
+The JAX side is the library's own code: `train.create_train_state`, and the train and
+eval steps exactly as `train.train` builds them (`train.make_placement`,
+`train.make_train_step`, `train.make_eval_step`): with several CPU devices (the
+default on a multi-core CPU, `--cpu_devices`) that is `train.CpuReplicas`. Batches
+are random uint8 images of the real shape (speed does not depend on pixel values),
+placed on the devices before timing, so the numbers are the steps alone, as in
+training where a thread prepares batches ahead.
 
 Reported per config:
 

@@ -193,7 +193,8 @@ _SPLIT_ARRAYS = {"train_images": np.uint8, "train_labels": np.int32,
 
 def _tfds_dataset_root(name: str, tfds_dir: str | None) -> str | None:
   """TFDS_DIR/NAME as tfds resolves it (None for object stores: no cache there)."""
-  root = tfds_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  from tensorflow_datasets.core import constants  # Light: does not import TensorFlow.
+  root = tfds_dir or constants.DATA_DIR  # tfds' default, $TFDS_DATA_DIR honoured.
   if "://" in root:
     return None
   return os.path.join(os.path.expanduser(root), name)
@@ -209,8 +210,7 @@ def _dataset_info_sha256(version_dir: str) -> str | None:
 
 
 def _read_array_cache(name: str, tfds_dir: str | None,
-                      keys: tuple[str, ...] = (*_SPLIT_ARRAYS, "class_names")
-                      ) -> dict | None:
+                      keys: tuple[str, ...]) -> dict | None:
   """`keys` from the array cache, or None if it is missing, stale or damaged."""
   root = _tfds_dataset_root(name, tfds_dir)
   path = root and os.path.join(root, _ARRAY_CACHE)

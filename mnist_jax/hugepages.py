@@ -7,8 +7,9 @@ every training step maps fresh memory and takes one page fault per 4 KiB page: ~
 of a 300 ms step, measured here. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc
 ask for transparent huge pages (2 MiB) on such mappings, 512x fewer faults. Measured on
 this 2-core CPU, one core (`experiments/benchmark.py --config=experiments/smnist_lstm.py`):
-124 (with MNIST_JAX_HUGE_PAGES=0) -> 164 training examples/s for the layer-normalised pixel LSTM; no change for the
-row-wise seed LSTM, whose buffers are small enough to be reused from the heap.
+124 (with MNIST_JAX_HUGE_PAGES=0) -> 164 training examples/s for the layer-normalised
+pixel LSTM; no change for the row-wise seed LSTM, whose buffers are small enough to be
+reused from the heap.
 
 glibc reads tunables only at process start, so `relaunch_with_huge_pages` re-executes
 the current command with the tunable set. Set MNIST_JAX_HUGE_PAGES=0 to opt out.

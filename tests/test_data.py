@@ -183,10 +183,10 @@ def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_p
   # A cache that does not load is ignored and rewritten.
   cache.write_bytes(b"not an npz")
   assert _digest(data.load_splits(cfg)) == from_tfds
-  assert data._read_array_cache("mnist", str(tmp_path)) is not None
+  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None
   # Prepared again since (dataset_info.json changed): the cache no longer applies.
   info = tmp_path / "mnist" / version / "dataset_info.json"
   info.write_text(info.read_text() + " ")
-  assert data._read_array_cache("mnist", str(tmp_path)) is None
+  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is None
   assert _digest(data.load_splits(cfg)) == from_tfds
-  assert data._read_array_cache("mnist", str(tmp_path)) is not None
+  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None

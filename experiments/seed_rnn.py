@@ -3,7 +3,7 @@
     python -m mnist_jax.main --config=experiments/seed_rnn.py --workdir=runs/seed_rnn
 
 Row-wise MNIST (28 steps x 28 pixels), 10 epochs, 55k/5k train/validation split.
-Seed notebook: 96.33% test accuracy. Measured here: see README "Results".
+Seed notebook: 96.33% test accuracy. Measured here: see experiments/RESULTS.md.
 """
 
 from mnist_jax.config import get_config as base_config
@@ -12,6 +12,6 @@ from mnist_jax.config import get_config as base_config
 def get_config():
   config = base_config()
   config.model.name = "simple_rnn"
-  config.model.activation = "relu"
+  config.model.options.simple_rnn.activation = "relu"
   config.model.hidden_size = 100
   return config

@@ -22,8 +22,8 @@ def get_config():
   config.model.name = "lru"
   config.model.hidden_size = 32
   config.model.num_layers = 4
-  config.model.lru_state_size = 64
-  config.model.lru_scan = "sequential"  # Twice the parallel scan's speed on CPU.
+  config.model.options.lru.state_size = 64
+  config.model.options.lru.scan = "sequential"  # Twice the parallel scan's speed on CPU.
   config.model.readout = "mean"
   config.model.dropout = 0.1
   config.optimizer.name = "adamw"

@@ -28,7 +28,7 @@ def get_config():
   config.data.standardize = True
   config.model.name = "layernorm_lstm"  # "lstm" for the plain cell (see docstring).
   config.model.hidden_size = 128
-  config.model.lstm_chrono_max_timescale = 784  # Memories up to the sequence length.
+  config.model.options.layernorm_lstm.chrono_max_timescale = 784  # Whole sequence.
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "warmup_cosine"

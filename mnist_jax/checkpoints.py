@@ -10,18 +10,33 @@ Each checkpoint `checkpoints/<step>/` holds two items:
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 kill during a write leaves the previous checkpoints intact and the partial one is never
 listed (and is removed at the next start). Saves are asynchronous; `wait()` surfaces any
-error from a background save.
+error from a background save. Evaluation opens the store read-only and restores only
+the parameters (`restore_params`).
 """
 
+import logging
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from mnist_jax.errors import WorkdirError
 
 BEST_METRIC = "val_accuracy"
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops Orbax warnings that describe what this module asked for, not a problem."""
+  EXPECTED = ("Given directory is read only", "read_only=True, setting",
+              "is read only, ", "did not provide metrics")
+
+  def filter(self, record):
+    return not any(text in record.getMessage() for text in self.EXPECTED)
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())  # Orbax logs through absl.
 
 
 class CheckpointStore:
@@ -104,11 +119,12 @@ class CheckpointStore:
     Raises:
       WorkdirError: the checkpoint's files are damaged or incomplete.
     """
+    return self._restore(step, ocp.args.StandardRestore(target_state))
+
+  def _restore(self, step: int, state_args) -> tuple[Any, dict]:
     try:
       restored = self.manager.restore(
-          step,
-          args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state),
-                                  meta=ocp.args.JsonRestore()))
+          step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
       return restored.state, dict(restored.meta)
     except Exception as e:  # Orbax, TensorStore and json raise many types.
       detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
@@ -118,6 +134,25 @@ class CheckpointStore:
           f"damaged or incomplete ({type(e).__name__}: {detail}). Move that "
           f"folder away to use another checkpoint (steps: "
           f"{', '.join(map(str, sorted(others))) or 'none'}).") from e
+
+  def restore_params(self, step: int, abstract_params: Any,
+                     sharding: jax.sharding.Sharding) -> Any:
+    """Only the parameters at `step`, placed with `sharding`; no optimizer needed.
+
+    Args:
+      step: an existing step (see `resolve_step`).
+      abstract_params: the parameters' shapes and dtypes (`steps.abstract_params`).
+      sharding: where every restored array goes.
+
+    Raises:
+      WorkdirError: the checkpoint is damaged, or holds another model's parameters.
+    """
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
+                                abstract_params)
+    args = ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                  restore_args={"params": restore_args},
+                                  partial_restore=True)
+    return self._restore(step, args)[0]["params"]
 
   def wait(self) -> None:
     """Blocks until background saves finish.

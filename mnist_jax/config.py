@@ -3,6 +3,11 @@
 Experiments in `experiments/` call `get_config()` and override a few fields. On the
 command line any field can be overridden, e.g. `--config.num_epochs=1
 --config.model.hidden_size=64`; the config is locked, so a misspelt key is an error.
+In Python, `override(config, {"model.hidden_size": 64})` does the same.
+
+A cell's own settings are declared beside the cell (`models/*.py`, `OPTIONS`) and
+appear here as `model.options.<cell>.<option>`, e.g.
+`--config.model.options.lru.state_size=64`; only the chosen cell's are used.
 """
 
 import importlib.util
@@ -16,7 +21,7 @@ from ml_collections import config_dict
 
 from mnist_jax.errors import ConfigError
 
-# Environment variable naming a folder laid out like `../shared/data`
+# Environment variable naming a folder with the canonical files of each dataset
 # (`<folder>/mnist/*.gz`, `<folder>/fashion_mnist/*.gz`).
 MANUAL_DIR_ENV = "MNIST_JAX_MANUAL_DIR"
 
@@ -24,12 +29,9 @@ DATASETS = ("mnist", "fashion_mnist")
 SEQUENCE_MODES = ("rows", "pixels", "permuted_pixels")
 PERMUTATIONS = ("random", "bit_reversal")
 READOUTS = ("last", "mean", "max")
-ACTIVATIONS = ("tanh", "relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 EVAL_CHECKPOINTS = ("best", "latest")
-LRU_SCANS = ("parallel", "sequential")
-LRU_MIXES = ("glu", "mlp")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -62,20 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.bidirectional = False  # Add a time-reversed layer beside each forward one.
   model.dropout = 0.0  # Dropout on each layer's output (between layers, before readout).
   model.readout = "last"  # last: final step; mean / max: pooled over time.
-  model.activation = "tanh"  # simple_rnn only: tanh or relu.
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10
-  model.irnn_scale = 1.0  # irnn only: recurrent kernel starts as this * identity.
-  # lstm, layernorm_lstm: chrono init of the forget/input biases for memories up to this many
-  # steps (Tallec & Ollivier, 2018; see models/lstm.py). None: forget bias 1.
-  model.lstm_chrono_max_timescale = config_dict.placeholder(int)
-  # lru only (Orvieto et al., 2023; see models/lru.py). hidden_size is the model width.
-  model.lru_state_size = 256  # Complex state units per LRU layer.
-  model.lru_r_min = 0.9  # Initial eigenvalue moduli are uniform on the ring
-  model.lru_r_max = 0.999  # r_min <= |lambda| <= r_max (0 < r_min < r_max < 1).
-  model.lru_max_phase = 6.283185307179586  # Initial phases uniform in [0, this].
-  model.lru_scan = "parallel"  # parallel: associative scan; sequential: lax.scan.
-  model.lru_mix = "glu"  # Block's channel mixing after the LRU: glu or mlp (Dense).
+  # Each cell's own settings, declared (with their meaning) in its file's `OPTIONS`.
+  model.options = cell_options()
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = "adam"  # One of OPTIMIZERS.
@@ -95,6 +87,39 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100  # Training metrics and progress line period.
   config.max_train_examples = config_dict.placeholder(int)  # Subset for smoke tests.
   config.max_eval_examples = config_dict.placeholder(int)  # Subset for smoke tests.
+  return config
+
+
+def cell_options() -> ml_collections.ConfigDict:
+  """{cell name: {option: default}} for every registered cell (`models.CELLS`)."""
+  from mnist_jax import models
+  options = ml_collections.ConfigDict()
+  for name, cell in models.CELLS.items():
+    options[name] = ml_collections.ConfigDict({
+        key: (config_dict.placeholder(option.value_type()) if option.default is None
+              else option.default)
+        for key, option in cell.OPTIONS.items()})
+  return options
+
+
+def override(config: ml_collections.ConfigDict,
+             values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields in place, as `--config.a.b=v` does: `{"a.b": v}`.
+
+  Raises:
+    ConfigError: a key names no field of the config.
+  """
+  for dotted, value in values.items():
+    *parents, leaf = dotted.split(".")
+    target = config
+    try:
+      for part in parents:
+        target = target[part]
+      if leaf not in target:
+        raise KeyError(leaf)
+    except (KeyError, TypeError):
+      raise ConfigError(f"config has no field {dotted!r}.") from None
+    target[leaf] = value
   return config
 
 
@@ -169,6 +194,26 @@ def _positive(value: Any, name: str, kind=(int,), allow_zero: bool = False) -> N
 _NUMBER = (int, float)
 
 
+def _dotted_keys(values: dict, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in values.items():
+    keys.add(prefix + key)
+    if isinstance(value, dict):
+      keys |= _dotted_keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def _check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """An experiment file can add keys to the unlocked base config: refuse them."""
+  unknown = sorted(_dotted_keys(config.to_dict()) - _dotted_keys(get_config().to_dict()))
+  if unknown:
+    legacy = [k for k in unknown if k.split(".")[-1] in _LEGACY_MODEL_KEYS]
+    hint = (" (cell settings now live in model.options.<cell>, e.g. "
+            "model.options.lstm.chrono_max_timescale)" if legacy else "")
+    raise ConfigError(f"config.{unknown[0]} is not a config field{hint}; see "
+                      f"mnist_jax/config.py for the fields.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every field before any work starts.
 
@@ -176,6 +221,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ConfigError: naming the first invalid field and what would be valid.
   """
   from mnist_jax import models  # Local import: models depend on nothing here.
+
+  _check_known_keys(config)
 
   _positive(config.num_epochs, "num_epochs")
   _positive(config.batch_size, "batch_size")
@@ -235,24 +282,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)
-  _choice(model.activation, "model.activation", ACTIVATIONS)
-  _positive(model.irnn_scale, "model.irnn_scale", _NUMBER)
-  chrono = model.lstm_chrono_max_timescale
-  if chrono is not None and (not isinstance(chrono, int) or isinstance(chrono, bool)
-                             or chrono < 3):
-    raise ConfigError(f"config.model.lstm_chrono_max_timescale="
-                      f"{model.lstm_chrono_max_timescale!r} must be at least 3 (the "
-                      "longest memory in steps, e.g. 784 for pixel sequences), or None.")
-  _positive(model.lru_state_size, "model.lru_state_size")
-  _positive(model.lru_max_phase, "model.lru_max_phase", _NUMBER)
-  for key in ("lru_r_min", "lru_r_max"):
-    if not isinstance(model[key], _NUMBER) or not 0.0 <= model[key] < 1.0:
-      raise ConfigError(f"config.model.{key}={model[key]!r} must be in [0, 1).")
-  if model.lru_r_min >= model.lru_r_max:
-    raise ConfigError(f"config.model.lru_r_min={model.lru_r_min} must be smaller than "
-                      f"lru_r_max={model.lru_r_max}.")
-  _choice(model.lru_scan, "model.lru_scan", LRU_SCANS)
-  _choice(model.lru_mix, "model.lru_mix", LRU_MIXES)
+  models.check_options(model.name, model.options[model.name].to_dict())
 
   opt = config.optimizer
   _choice(opt.name, "optimizer.name", OPTIMIZERS)
@@ -280,9 +310,38 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
+# Keys of `config.model` before cells declared their own options (workdirs written
+# then still load): old key -> the cells whose option it set, and that option's name.
+_LEGACY_MODEL_KEYS = {
+    "activation": (("simple_rnn",), "activation"),
+    "irnn_scale": (("irnn",), "identity_scale"),
+    "lstm_chrono_max_timescale": (("lstm", "layernorm_lstm"), "chrono_max_timescale"),
+    **{f"lru_{key}": (("lru",), key)
+       for key in ("state_size", "r_min", "r_max", "max_phase", "scan", "mix")},
+}
+
+
+def _migrate(saved: dict) -> dict:
+  """A saved config dict in today's layout (moves the legacy model keys)."""
+  model = saved.get("model")
+  if not isinstance(model, dict):
+    return saved
+  options = model.setdefault("options", {})
+  for old, (cells, key) in _LEGACY_MODEL_KEYS.items():
+    if old in model:
+      value = model.pop(old)
+      for cell in cells:
+        options.setdefault(cell, {})[key] = value
+  return saved
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
-  """Rebuilds a saved config on top of the base one, so new keys get defaults."""
-  saved = json.loads(text)
+  """Rebuilds a saved config on top of the base one, so new keys get defaults.
+
+  Raises:
+    ConfigError: the text is not a config written by mnist_jax.
+  """
+  saved = _migrate(json.loads(text))
   config = get_config()
   config.unlock()
 

@@ -1,26 +1,31 @@
 """Evaluation of a checkpoint: classification metrics, files and a readable table.
 
-`evaluate_workdir(workdir, checkpoint, split)` needs nothing but the workdir: it reads
-`config.json`, rebuilds data and model, restores the checkpoint and writes
+`evaluate_workdir(workdir, checkpoint, split)` needs nothing but the workdir: it opens
+it (`workdir.Workdir`), restores the checkpoint's parameters, runs every example of the
+split and writes, named by the checkpoint's step so evaluations never overwrite each
+other,
 
-    WORKDIR/eval/<split>_metrics.json      accuracy, loss, per-class / macro / weighted
-                                           precision, recall, F1, confusion matrix,
-                                           num_examples, checkpoint_step
-    WORKDIR/eval/<split>_predictions.csv   index,label,predicted,prob_0..prob_9
+    WORKDIR/eval/<split>_step<N>_metrics.json     accuracy, loss, per-class / macro /
+                                                  weighted precision, recall, F1,
+                                                  confusion matrix, num_examples,
+                                                  checkpoint_step
+    WORKDIR/eval/<split>_step<N>_predictions.csv  index,label,predicted,prob_0..prob_9
 """
 
 import csv
 import io
+import json
 import os
 
 from absl import logging
 import jax
 import numpy as np
 
-from mnist_jax import checkpoints
-from mnist_jax import config as config_lib
-from mnist_jax import train as train_lib
+from mnist_jax import data
+from mnist_jax import models
+from mnist_jax import parallel
 from mnist_jax.errors import WorkdirError
+from mnist_jax.workdir import Workdir, eval_path, write_atomic
 
 SPLITS = ("test", "validation")
 
@@ -90,12 +95,11 @@ def format_table(metrics: dict, title: str) -> str:
 
 def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
                   probabilities: np.ndarray) -> tuple[str, str]:
-  """Writes `<split>_metrics.json` and `<split>_predictions.csv` atomically."""
-  eval_dir = os.path.join(workdir, "eval")
-  os.makedirs(eval_dir, exist_ok=True)
-  metrics_path = os.path.join(eval_dir, f"{split}_metrics.json")
-  csv_path = os.path.join(eval_dir, f"{split}_predictions.csv")
-  import json
+  """Writes the metrics JSON and predictions CSV of `metrics["checkpoint_step"]`."""
+  step = metrics["checkpoint_step"]
+  metrics_path = eval_path(workdir, split, step, "metrics.json")
+  csv_path = eval_path(workdir, split, step, "predictions.csv")
+  os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(["index", "label", "predicted"] +
@@ -103,8 +107,8 @@ def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
   predicted = probabilities.argmax(-1)
   for i, (label, pred, probs) in enumerate(zip(labels, predicted, probabilities)):
     writer.writerow([i, int(label), int(pred)] + [f"{p:.6g}" for p in probs])
-  train_lib.write_atomic(csv_path, buf.getvalue())
-  train_lib.write_atomic(metrics_path, json.dumps(metrics, indent=2))
+  write_atomic(csv_path, buf.getvalue())
+  write_atomic(metrics_path, json.dumps(metrics, indent=2))
   return metrics_path, csv_path
 
 
@@ -118,40 +122,28 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
     split: "test" or "validation".
 
   Returns:
-    The metrics dict written to `eval/<split>_metrics.json`.
+    The metrics dict written to `eval/<split>_step<N>_metrics.json`.
 
   Raises:
     WorkdirError: no such workdir, checkpoint or split.
   """
   if split not in SPLITS:
     raise WorkdirError(f"--split={split!r} is not one of: {', '.join(SPLITS)}.")
-  if not os.path.isdir(workdir):
-    raise WorkdirError(f"workdir {workdir} does not exist.")
-  config = train_lib.load_workdir_config(workdir)
-  if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
-    # A workdir copied from another machine: the data is found as on this one.
-    config.data.manual_dir = None
-  config = config_lib.resolve(config)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first.")
-  store = checkpoints.CheckpointStore(ckpt_dir, read_only=True)
-  step = store.resolve_step(checkpoint)
-
-  placement = train_lib.make_placement()
+  wd = Workdir.open(workdir)
+  config = wd.config
+  placement = parallel.make_placement()
   logging.info("Devices: %s.", placement.describe())
-  splits, preprocess = train_lib.data_pipeline(config, workdir)
+  step, params = wd.restore_params(checkpoint, placement.state_sharding)
+  splits = data.load_splits(config)
   if not len(splits[split]):
     raise WorkdirError(f"the {split} split is empty (data.validation_size=0).")
-  spe = max(len(splits["train"]) // config.batch_size, 1)
-  target = train_lib.create_train_state(config, jax.random.PRNGKey(config.seed), spe)
-  target = jax.device_put(target, placement.replicated)
-  state, _ = store.restore(step, target)
-  store.close()
-
-  eval_step = train_lib.make_eval_step(state.apply_fn, preprocess, placement)
-  logits, losses = train_lib.predict(state.params, eval_step, splits[split],
-                                     config.eval_batch_size, placement)
+  constants = wd.preprocessing(
+      lambda: data.preprocessing_for(config, splits["train"]))
+  preprocess = data.make_preprocess(config.data, constants.mean, constants.std,
+                                    constants.permutation)
+  eval_step = placement.eval_step(models.build_model(config.model).apply, preprocess)
+  logits, losses = parallel.predict(placement, eval_step, params, splits[split],
+                                    config.eval_batch_size)
   labels = splits[split].labels
   probabilities = softmax(logits.astype(np.float64))
   metrics = classification_metrics(labels, probabilities.argmax(-1),
@@ -164,28 +156,4 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
     print(format_table(metrics, f"{config.data.name} {split} | {config.model.name} | "
                                 f"{workdir}"))
     logging.info("Wrote %s", metrics_path)
-  return metrics
-
-
-def train_and_evaluate(config, workdir: str) -> dict | None:
-  """Trains into `workdir`, then evaluates `config.eval_checkpoint` on the test split.
-
-  The test split is touched only here, once, after model selection on validation.
-  Returns the test metrics, or None when training was stopped by a signal.
-  """
-  result = train_lib.train(config, workdir)
-  if not result["completed"]:
-    print(f"Stopped by {result['stopped_by']} at step {result['step']}; a checkpoint "
-          f"was saved. Resume by running the same command again.")
-    return None
-  metrics = evaluate_workdir(workdir, checkpoint=config.eval_checkpoint, split="test")
-  if jax.process_index() == 0:
-    from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
-    try:
-      paths = report.write_report(workdir, split="test")
-      print(f"Report: {paths.get('report')}")
-    except Exception as e:  # pylint: disable=broad-except
-      # The metrics are already written; a plotting failure must not lose them.
-      logging.warning("Could not draw the report (%s: %s); metrics are in %s/eval.",
-                      type(e).__name__, e, workdir)
   return metrics

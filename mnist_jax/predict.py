@@ -1,7 +1,10 @@
 """Classify pictures of single digits with a trained checkpoint.
 
-    python -m mnist_jax.predict --workdir=runs/seed_lstm [--checkpoint=best] [--json] \\
+    mnist-jax --mode=predict --workdir=runs/seed_lstm [--checkpoint=best] [--json] \\
         one.png two.jpg ...
+
+From Python, `Predictor(workdir)` is the checkpoint as a function of uint8 images
+[n, 28, 28]; it needs the workdir only, not the dataset.
 
 Each picture is turned into an MNIST-like image the way MNIST itself was made
 (`to_mnist`): grayscale, light digit on a dark background (inverted automatically when
@@ -15,7 +18,6 @@ of {"file", "digit", "probability", "probabilities"}. A file that cannot be used
 one-line error (on stderr, or an {"file", "error"} entry) and the exit status is 1.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -149,6 +151,9 @@ def load_digit(path: str) -> np.ndarray:
 class Predictor:
   """A workdir's checkpoint as a function: uint8 images [n, 28, 28] -> probabilities.
 
+      predictor = Predictor("runs/seed_lstm")        # the best checkpoint
+      probabilities = predictor(images)              # [n, 10]
+
   Attributes:
     config: the run's resolved config.
     step: the restored checkpoint's step.
@@ -161,32 +166,17 @@ class Predictor:
       WorkdirError: no workdir, config or checkpoint.
     """
     import jax
-    from mnist_jax import checkpoints
-    from mnist_jax import config as config_lib
     from mnist_jax import data
-    from mnist_jax import train as train_lib
-    from mnist_jax.errors import WorkdirError
+    from mnist_jax import models
+    from mnist_jax.workdir import Workdir
 
-    if not os.path.isdir(workdir):
-      raise WorkdirError(f"workdir {workdir} does not exist.")
-    self.config = config_lib.resolve(train_lib.load_workdir_config(workdir))
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-      raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first.")
-    store = checkpoints.CheckpointStore(ckpt_dir, read_only=True)
-    self.step = store.resolve_step(checkpoint)
-    # The optimizer state's structure does not depend on steps_per_epoch.
-    target = train_lib.create_train_state(self.config, jax.random.PRNGKey(0), 1)
-    state, _ = store.restore(self.step, target)
-    store.close()
-    if self.config.data.standardize:  # Needs the training split's mean and std.
-      _, preprocess = train_lib.data_pipeline(self.config, workdir)
-    else:
-      perm_path = os.path.join(workdir, "permutation.npy")
-      perm = (np.load(perm_path) if os.path.exists(perm_path)
-              else data.permutation(self.config.data))
-      preprocess = data.make_preprocess(self.config.data, perm=perm)
-    params, apply_fn = state.params, state.apply_fn
+    wd = Workdir.open(workdir)
+    self.config = wd.config
+    self.step, params = wd.restore_params(checkpoint)
+    constants = wd.saved_preprocessing()
+    preprocess = data.make_preprocess(self.config.data, constants.mean, constants.std,
+                                      constants.permutation)
+    apply_fn = models.build_model(self.config.model).apply
     self._probabilities = jax.jit(lambda images: jax.nn.softmax(
         apply_fn({"params": params}, preprocess(images), train=False)))
 
@@ -215,25 +205,9 @@ def predict_files(predictor: Predictor, paths: list[str]) -> list[dict]:
   return results
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m mnist_jax.predict",
-      description="Classify pictures of single digits with a trained checkpoint.")
-  parser.add_argument("--workdir", required=True, help="A training workdir.")
-  parser.add_argument("--checkpoint", default="best",
-                      help="'best' (default), 'latest' or a step number.")
-  parser.add_argument("--json", action="store_true", help="Print a JSON list.")
-  parser.add_argument("images", nargs="+", help="Image files (PNG, JPEG, ...).")
-  args = parser.parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores.
-  try:
-    results = predict_files(Predictor(args.workdir, args.checkpoint), args.images)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  if args.json:
+def print_results(results: list[dict], as_json: bool) -> int:
+  """Prints results (errors on stderr); the exit status: 1 if any file failed."""
+  if as_json:
     print(json.dumps(results, indent=2))
   else:
     for r in results:
@@ -242,7 +216,3 @@ def main(argv: list[str] | None = None) -> int:
       else:
         print(f"{r['file']}: {r['digit']} (p={r['probability']:.3f})")
   return 1 if any("error" in r for r in results) else 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

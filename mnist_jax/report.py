@@ -1,8 +1,8 @@
 """Figures and a Markdown report from a training workdir, and a comparison of several.
 
 `write_report(workdir)` reads what training and evaluation left in the workdir
-(`config.json`, `metrics.jsonl`, `eval/<split>_metrics.json`,
-`eval/<split>_predictions.csv`) and writes
+(`config.json`, `metrics.jsonl`, `eval/<split>_step<N>_metrics.json` and
+`_predictions.csv`) and writes
 
     WORKDIR/report/learning_curves.png        train / validation loss and accuracy
     WORKDIR/report/confusion_matrix.png       counts, rows true, columns predicted
@@ -16,8 +16,10 @@ Only the error grid needs the dataset (its images); everything else reads files.
 
 import collections
 import csv
+import glob
 import json
 import os
+import re
 from typing import Sequence
 
 import matplotlib
@@ -28,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mnist_jax.errors import UserError, WorkdirError  # noqa: E402
+from mnist_jax.workdir import Workdir, eval_path  # noqa: E402
 
 REPORT_DIR = "report"
 NUM_ERRORS = 24  # Images in the most-confident-errors grid.
@@ -38,10 +41,10 @@ NUM_ERRORS = 24  # Images in the most-confident-errors grid.
 # ----------------------------------------------------------------------------------
 def class_names(config: dict) -> tuple[str, ...]:
   """Display names of the workdir's classes (tfds' label names; indices if unknown)."""
-  from mnist_jax import data
+  from mnist_jax import datasets
   n = config["model"]["num_classes"]
   try:
-    names = data.class_names(config["data"]["name"], config["data"].get("tfds_dir"))
+    names = datasets.class_names(config["data"]["name"], config["data"].get("tfds_dir"))
   except Exception:  # pylint: disable=broad-except
     names = []  # tfds unavailable or an unknown dataset: numbers still work.
   return tuple(names) if len(names) == n else tuple(map(str, range(n)))
@@ -82,18 +85,47 @@ def per_epoch(records: list[dict]) -> dict[str, dict[str, list[float]]]:
   return out
 
 
-def read_eval(workdir: str, split: str) -> dict | None:
-  path = os.path.join(workdir, "eval", f"{split}_metrics.json")
-  if not os.path.exists(path):
+def evaluated_step(workdir: str, split: str,
+                   checkpoint: str | int | None = None) -> int | None:
+  """The step whose `split` evaluation to report.
+
+  Args:
+    workdir: a training workdir.
+    split: "test" or "validation".
+    checkpoint: "best", "latest" or a step; None: the most recent evaluation.
+
+  Returns:
+    The step, or None when `checkpoint` is None and `split` was never evaluated.
+  """
+  if checkpoint is None:
+    found = glob.glob(os.path.join(workdir, "eval", f"{split}_step*_metrics.json"))
+    if not found:
+      return None
+    newest = max(found, key=os.path.getmtime)
+    return int(re.search(r"_step(\d+)_metrics\.json$", newest).group(1))
+  if str(checkpoint).isdigit():
+    return int(checkpoint)
+  store = Workdir.open(workdir).checkpoint_store(read_only=True)
+  try:
+    return store.resolve_step(checkpoint)
+  finally:
+    store.close()
+
+
+def read_eval(workdir: str, split: str, step: int | None = None) -> dict | None:
+  """The metrics of `split` at `step` (None: the most recent evaluation), or None."""
+  step = evaluated_step(workdir, split) if step is None else step
+  path = step is not None and eval_path(workdir, split, step, "metrics.json")
+  if not path or not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
 
 
-def read_predictions(workdir: str, split: str) -> tuple[np.ndarray, np.ndarray,
-                                                         np.ndarray]:
+def read_predictions(workdir: str, split: str, step: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(index [n], label [n], probabilities [n, classes]) from the predictions CSV."""
-  path = os.path.join(workdir, "eval", f"{split}_predictions.csv")
+  path = eval_path(workdir, split, step, "predictions.csv")
   with open(path) as f:
     rows = list(csv.DictReader(f))
   if not rows:
@@ -117,10 +149,7 @@ def read_config(workdir: str) -> dict:
 def load_images(workdir: str, split: str) -> np.ndarray:
   """The split's uint8 images [n, 28, 28], loaded as the run's config describes."""
   from mnist_jax import data
-  from mnist_jax import train as train_lib
-  from mnist_jax import config as config_lib
-  config = config_lib.resolve(train_lib.load_workdir_config(workdir))
-  return data.load_splits(config)[split].images
+  return data.load_splits(Workdir.open(workdir).config)[split].images
 
 
 # ----------------------------------------------------------------------------------
@@ -236,15 +265,46 @@ def _metrics_table(metrics: dict, names: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
+def _evaluation_section(workdir: str, split: str, step: int, metrics: dict,
+                        out_dir: str, names: Sequence[str], images, paths: dict
+                        ) -> list[str]:
+  """Markdown (and figures) for one evaluation: metrics, confusion matrix, errors."""
+  paths["confusion_matrix"] = os.path.join(out_dir, "confusion_matrix.png")
+  plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
+                        paths["confusion_matrix"],
+                        f"{split} confusion matrix (step {step})", names)
+  md = [f"## {split.capitalize()} metrics (checkpoint step {step})", "",
+        _metrics_table(metrics, names), "", "## Confusion matrix", "",
+        "Rows: true class; columns: predicted class.", "",
+        "![confusion matrix](confusion_matrix.png)", "", "## Most confident errors", ""]
+  index, labels, probs = read_predictions(workdir, split, step)
+  rows = most_confident_errors(labels, probs)
+  try:
+    if images is None and len(rows):
+      images = load_images(workdir, split)
+    grid = (np.asarray(images)[index[rows]] if len(rows)
+            else np.zeros((0, 28, 28), np.uint8))
+  except UserError as e:  # No dataset here: the report is still useful without it.
+    return md + [f"Not drawn: {e}", ""]
+  paths["most_confident_errors"] = os.path.join(out_dir, "most_confident_errors.png")
+  plot_errors(grid, labels[rows], probs[rows], paths["most_confident_errors"],
+              f"{split}: the {len(rows)} most confident errors", names)
+  return md + [f"The {len(rows)} wrong {split} predictions with the highest predicted "
+               f"probability (of {int((probs.argmax(-1) != labels).sum())} errors).",
+               "", "![most confident errors](most_confident_errors.png)", ""]
+
+
 def write_report(workdir: str, split: str | None = None,
+                 checkpoint: str | int | None = None,
                  images: np.ndarray | None = None) -> dict[str, str]:
   """Writes WORKDIR/report/{learning_curves,confusion_matrix,most_confident_errors}.png
   and report.md.
 
   Args:
     workdir: a training workdir, evaluated (`--mode=eval`) for the figures that need
-      predictions; without an eval/ folder only the learning curves are drawn.
+      predictions; without an evaluation only the learning curves are drawn.
     split: the evaluated split to report; None: "test" if evaluated, else "validation".
+    checkpoint: whose evaluation: "best", "latest" or a step; None: the most recent.
     images: the split's uint8 images [n, 28, 28]; None loads them from the dataset as
       the workdir's config describes (needed only for the error grid).
 
@@ -259,15 +319,10 @@ def write_report(workdir: str, split: str | None = None,
   out_dir = os.path.join(workdir, REPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   title = _summary(config)
-  names = class_names(config)
-  paths = {}
+  paths = {"learning_curves": os.path.join(out_dir, "learning_curves.png"),
+           "report": os.path.join(out_dir, "report.md")}
   curves = per_epoch(read_metrics(workdir))
-  paths["learning_curves"] = os.path.join(out_dir, "learning_curves.png")
   plot_learning_curves(curves, paths["learning_curves"], title)
-
-  if split is None:
-    split = "test" if read_eval(workdir, "test") else "validation"
-  metrics = read_eval(workdir, split)
   md = [f"# Report: {os.path.basename(os.path.normpath(workdir))}", "",
         f"{title}; workdir `{os.path.abspath(workdir)}`.", "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
@@ -276,35 +331,18 @@ def write_report(workdir: str, split: str | None = None,
     best = int(np.argmax(val["accuracy"]))
     md += [f"Best validation accuracy {_pct(val['accuracy'][best])} at epoch "
            f"{val['epoch'][best]} of {val['epoch'][-1]}.", ""]
+  if split is None:
+    split = "test" if evaluated_step(workdir, "test") is not None else "validation"
+  step = evaluated_step(workdir, split, checkpoint)
+  metrics = None if step is None else read_eval(workdir, split, step)
   if metrics is None:
-    md += [f"No `eval/{split}_metrics.json`: run `--mode=eval` for the metrics, "
-           f"confusion matrix and errors.", ""]
+    which = "" if step is None else f" --checkpoint={step}"
+    md += [f"No evaluation of the {split} split{'' if step is None else f' at step {step}'}"
+           f": run `--mode=eval --split={split}{which}` for the metrics, confusion "
+           f"matrix and errors.", ""]
   else:
-    paths["confusion_matrix"] = os.path.join(out_dir, "confusion_matrix.png")
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
-                          paths["confusion_matrix"], f"{split} confusion matrix",
-                          names)
-    md += [f"## {split.capitalize()} metrics", "", _metrics_table(metrics, names), "",
-           "## Confusion matrix", "", "Rows: true class; columns: predicted class.", "",
-           "![confusion matrix](confusion_matrix.png)", ""]
-    index, labels, probs = read_predictions(workdir, split)
-    rows = most_confident_errors(labels, probs)
-    try:
-      if images is None and len(rows):
-        images = load_images(workdir, split)
-      grid = (np.asarray(images)[index[rows]] if len(rows)
-              else np.zeros((0, 28, 28), np.uint8))
-    except UserError as e:  # No dataset here: the report is still useful without it.
-      md += ["## Most confident errors", "", f"Not drawn: {e}", ""]
-    else:
-      paths["most_confident_errors"] = os.path.join(out_dir, "most_confident_errors.png")
-      plot_errors(grid, labels[rows], probs[rows], paths["most_confident_errors"],
-                  f"{split}: the {len(rows)} most confident errors", names)
-      md += ["## Most confident errors", "",
-             f"The {len(rows)} wrong {split} predictions with the highest predicted "
-             f"probability (of {int((probs.argmax(-1) != labels).sum())} errors).", "",
-             "![most confident errors](most_confident_errors.png)", ""]
-  paths["report"] = os.path.join(out_dir, "report.md")
+    md += _evaluation_section(workdir, split, step, metrics, out_dir,
+                              class_names(config), images, paths)
   with open(paths["report"], "w") as f:
     f.write("\n".join(md))
   return paths

@@ -1,8 +1,11 @@
 """Shared fixtures: real MNIST prepared once from the local canonical files.
 
 The data folder comes from $MNIST_JAX_MANUAL_DIR (a folder holding `mnist/` and
-`fashion_mnist/`), defaulting to `../shared/data` beside the checkout. tfds prepares it
-once into $MNIST_JAX_TEST_TFDS_DIR (default `~/.cache/mnist_jax/tfds`), reused later.
+`fashion_mnist/`, each with the four canonical .gz files); tests fail at once without
+it. Nothing is read from or written to the user's home: tfds prepares the data once
+into $MNIST_JAX_TEST_TFDS_DIR and JAX keeps compiled programs in
+$MNIST_JAX_COMPILATION_CACHE, both by default under the repository's .pytest_cache/
+(kept between runs; delete it to start afresh). Nothing needs the network.
 """
 
 import os
@@ -15,32 +18,36 @@ import pytest
 from mnist_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_CACHE = REPO / ".pytest_cache" / "mnist_jax"
+# Subprocesses inherit these: `mnist_jax.main` reads its default cache folder from it,
+# and tfds' default data dir is kept off ~/tensorflow_datasets.
+os.environ.setdefault("MNIST_JAX_COMPILATION_CACHE", str(_CACHE / "jax_compilation_cache"))
+os.environ.setdefault("TFDS_DATA_DIR", str(_CACHE / "tfds_default"))
 
 
-def _data_root() -> pathlib.Path:
+def _data_root() -> pathlib.Path | None:
   env = os.environ.get(config_lib.MANUAL_DIR_ENV)
-  return (pathlib.Path(env) if env else REPO.parent / "shared" / "data").resolve()
+  return pathlib.Path(env).resolve() if env else None
 
 
 @pytest.fixture(scope="session")
 def data_root() -> pathlib.Path:
   root = _data_root()
-  if not (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
+  if root is None or not (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
     pytest.fail(f"MNIST files not found under {root}; set {config_lib.MANUAL_DIR_ENV} "
-                f"to the folder holding mnist/ (e.g. ../shared/data).")
+                f"to the folder holding mnist/ (see README.md).")
   return root
 
 
 @pytest.fixture(scope="session")
 def tfds_dir(data_root) -> str:
   """A tfds data_dir with mnist prepared (from the manual files, offline)."""
-  path = os.environ.get("MNIST_JAX_TEST_TFDS_DIR",
-                        os.path.expanduser("~/.cache/mnist_jax/tfds"))
-  from mnist_jax import data
+  path = os.environ.get("MNIST_JAX_TEST_TFDS_DIR", str(_CACHE / "tfds"))
+  from mnist_jax import datasets
   cfg = config_lib.get_config()
   cfg.data.manual_dir = str(data_root / "mnist")
   cfg.data.tfds_dir = path
-  data.prepare(cfg.data)
+  datasets.prepare(cfg.data)
   return path
 
 
@@ -56,13 +63,7 @@ def tiny_config(tfds_dir: str, data_root, **overrides):
   cfg.max_eval_examples = 300
   cfg.model.hidden_size = 16
   cfg.log_every_steps = 2
-  for key, value in overrides.items():
-    target = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return cfg
+  return config_lib.override(cfg, overrides)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""experiments/benchmark.py measures a tiny config end to end (JAX side, no torch).
+"""benchmarks/benchmark.py measures a tiny config end to end (JAX side, no torch).
 
 Only that the numbers exist and make sense is checked; speed is never asserted.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from mnist_jax import config as config_lib
 
-BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmark.py"
+BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,7 @@ def _tiny_config(**model):
   config.batch_size = 8
   config.eval_batch_size = 16
   config.model.hidden_size = 8
-  for key, value in model.items():
-    config.model[key] = value
-  return config
+  return config_lib.override(config, {f"model.{k}": v for k, v in model.items()})
 
 
 def _positive_finite(x) -> bool:
@@ -38,7 +36,7 @@ def _positive_finite(x) -> bool:
 
 @pytest.mark.parametrize("model", [{"name": "lstm"},
                                    {"name": "gru", "bidirectional": True},
-                                   {"name": "simple_rnn", "activation": "relu",
+                                   {"name": "simple_rnn", "options.simple_rnn.activation": "relu",
                                     "num_layers": 2}])
 def test_measure_reports_positive_finite_numbers(bench, model):
   peak = bench.matmul_gflops(64, 32, 32, iterations=10)

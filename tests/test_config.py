@@ -67,7 +67,7 @@ def test_seed_recipes_are_the_notebooks():
     assert cfg.optimizer.schedule == "constant"
     assert cfg.batch_size == 100 and cfg.num_epochs == 10
     assert cfg.data.validation_size == 5000 and cfg.data.sequence == "rows"
-  assert rnn.model.activation == "relu"
+  assert rnn.model.options.simple_rnn.activation == "relu"
 
 
 def test_locked_config_rejects_typos():

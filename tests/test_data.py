@@ -7,6 +7,8 @@ import pytest
 
 from mnist_jax import config as config_lib
 from mnist_jax import data
+from mnist_jax import datasets
+from mnist_jax import metric_writer
 
 
 def _data_config(**overrides):
@@ -119,8 +121,8 @@ def test_random_shift_moves_content_and_keeps_mass():
 
 
 def test_check_manual_files_accepts_the_canonical_files(data_root):
-  data.check_manual_files("mnist", str(data_root / "mnist"))
-  data.check_manual_files("fashion_mnist", str(data_root / "fashion_mnist"))
+  datasets.check_manual_files("mnist", str(data_root / "mnist"))
+  datasets.check_manual_files("fashion_mnist", str(data_root / "fashion_mnist"))
 
 
 def test_fashion_and_mnist_in_one_tfds_dir_stay_distinct(tfds_dir, data_root):
@@ -164,14 +166,14 @@ def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_p
   from_tfds = _digest(data.load_splits(cfg))  # No cache: read through tfds, written.
   assert cache.exists() and not list((tmp_path / "mnist").glob("*.tmp"))
   # A fresh process: data from the cache, a TensorBoard event written, no TensorFlow.
-  script = ("import sys; from mnist_jax import config as c, data, train; "
+  script = ("import sys; from mnist_jax import config as c, data, datasets, metric_writer; "
             "import test_data as t; cfg = c.get_config(); "
             f"cfg.data.tfds_dir = {str(tmp_path)!r}; "
             "splits = data.load_splits(c.resolve(cfg)); "
-            f"w = train.MetricWriter({str(tmp_path)!r}); "
+            f"w = metric_writer.MetricWriter({str(tmp_path)!r}); "
             "w.write(1, 'train', {'loss': 0.5}); w.close(); "
             "print(t._digest(splits), 'tensorflow' in sys.modules, "
-            "data.class_names('mnist', cfg.data.tfds_dir))")
+            "datasets.class_names('mnist', cfg.data.tfds_dir))")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        cwd=os.path.dirname(__file__), check=True).stdout
   out = out.split(maxsplit=2)
@@ -183,10 +185,10 @@ def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_p
   # A cache that does not load is ignored and rewritten.
   cache.write_bytes(b"not an npz")
   assert _digest(data.load_splits(cfg)) == from_tfds
-  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None
+  assert datasets._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None
   # Prepared again since (dataset_info.json changed): the cache no longer applies.
   info = tmp_path / "mnist" / version / "dataset_info.json"
   info.write_text(info.read_text() + " ")
-  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is None
+  assert datasets._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is None
   assert _digest(data.load_splits(cfg)) == from_tfds
-  assert data._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None
+  assert datasets._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None

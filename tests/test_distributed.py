@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,8 @@ from conftest import REPO, run_main
 from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import distributed
-from mnist_jax import train
+from mnist_jax import steps
+from mnist_jax.workdir import Workdir
 from mnist_jax.errors import ConfigError
 
 pytestmark = pytest.mark.distributed
@@ -89,8 +91,8 @@ def _check(proc: subprocess.CompletedProcess) -> None:
 
 def _state(workdir, step: int = _STEPS):
   """The train state of checkpoint `step`, restored in this (1-device) process."""
-  cfg = config_lib.resolve(train.load_workdir_config(str(workdir)))
-  target = train.create_train_state(cfg, jax.random.PRNGKey(cfg.seed), _STEPS)
+  cfg = Workdir.open(str(workdir)).config
+  target = steps.create_train_state(cfg, jax.random.PRNGKey(cfg.seed), _STEPS)
   store = checkpoints.CheckpointStore(str(workdir / "checkpoints"), read_only=True)
   state, _ = store.restore(step, target)
   store.close()
@@ -99,10 +101,11 @@ def _state(workdir, step: int = _STEPS):
 
 def _results(workdir) -> dict:
   """Test metrics, predictions and logged metrics a run left in its workdir."""
-  with open(workdir / "eval" / "test_predictions.csv") as f:
+  [metrics_file] = (workdir / "eval").glob("test_step*_metrics.json")
+  with open(str(metrics_file).replace("_metrics.json", "_predictions.csv")) as f:
     rows = list(csv.DictReader(f))
   return {
-      "metrics": json.loads((workdir / "eval" / "test_metrics.json").read_text()),
+      "metrics": json.loads(metrics_file.read_text()),
       "indices": [int(r["index"]) for r in rows],
       "labels": [int(r["label"]) for r in rows],
       "predicted": [int(r["predicted"]) for r in rows],
@@ -171,15 +174,18 @@ def test_only_process_zero_writes(two_processes):
 
 def test_two_process_checkpoint_restores_in_one_process(two_processes, tfds_dir):
   workdir, results, _ = two_processes
-  proc = run_main("--mode=eval", f"--workdir={workdir}", "--checkpoint=latest",
+  copy = workdir.parent / "evaluated_again"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "eval")  # The evaluation must write it again, not find it.
+  proc = run_main("--mode=eval", f"--workdir={copy}", "--checkpoint=latest",
                   timeout=_TIMEOUT)
   _check(proc)
-  _assert_same_results(_results(workdir), results)
+  _assert_same_results(_results(copy), results)
 
 
 def test_two_local_devices_train_and_evaluate_like_one(tmp_path, tfds_dir, data_root,
                                                        one_device):
-  # --cpu_devices=2: train.CpuReplicas splits each batch of 50 into 25 + 25 and
+  # --cpu_devices=2: parallel.CpuReplicas splits each batch of 50 into 25 + 25 and
   # averages the two gradients on device 0 (no XLA collectives).
   workdir = tmp_path / "run"
   proc = run_main(*_args(workdir, tfds_dir, data_root, "--cpu_devices=2"),
@@ -261,9 +267,9 @@ def test_signal_to_one_process_stops_all_at_the_same_step(tmp_path, tfds_dir,
 def test_concurrent_prepare_of_one_data_dir(tmp_path, data_root):
   # Processes of one job starting together on a shared, unprepared data dir: one
   # prepares under a file lock, the others wait and reuse it.
-  script = ("import sys; from mnist_jax import config as c, data; "
+  script = ("import sys; from mnist_jax import config as c, datasets; "
             "cfg = c.get_config(); cfg.data.tfds_dir = sys.argv[1]; "
-            "cfg.data.manual_dir = sys.argv[2]; b = data.prepare(cfg.data); "
+            "cfg.data.manual_dir = sys.argv[2]; b = datasets.prepare(cfg.data); "
             "print(b.info.splits['train'].num_examples, "
             "b.info.splits['test'].num_examples)")
   procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "tfds"),

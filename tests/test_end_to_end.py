@@ -21,6 +21,13 @@ def _tiny_args(workdir, tfds_dir, data_root, *extra):
           "--config.eval_batch_size=768", *extra]
 
 
+def _eval_file(workdir, split, kind="metrics.json"):
+  """The one evaluation file of `split` in the workdir (named by its checkpoint)."""
+  found = sorted((workdir / "eval").glob(f"{split}_step*_{kind}"))
+  assert len(found) == 1, found
+  return found[0]
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, tfds_dir, data_root):
   """Trains a tiny LSTM; the test split is evaluated in full (10,000 images)."""
@@ -54,9 +61,9 @@ def test_training_writes_config_metrics_checkpoints(trained_workdir):
 
 def test_eval_covers_every_test_image_and_equals_sklearn(trained_workdir):
   workdir, _ = trained_workdir
-  metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  metrics = json.loads(_eval_file(workdir, "test").read_text())
   assert metrics["num_examples"] == 10_000
-  with open(workdir / "eval" / "test_predictions.csv") as f:
+  with open(_eval_file(workdir, "test", "predictions.csv")) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 10_000 and [int(r["index"]) for r in rows] == list(range(10_000))
   labels = np.array([int(r["label"]) for r in rows])
@@ -82,16 +89,18 @@ def test_eval_covers_every_test_image_and_equals_sklearn(trained_workdir):
 
 def test_restore_in_fresh_process_gives_same_metrics(trained_workdir):
   workdir, _ = trained_workdir
-  first = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  path = _eval_file(workdir, "test")
+  first = json.loads(path.read_text())
+  path.unlink()  # The fresh process must write it again, not find training's copy.
   proc = run_main("--mode=eval", f"--workdir={workdir}", "--checkpoint=best")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  again = json.loads((workdir / "eval" / "test_metrics.json").read_text())
-  assert again == first
+  assert json.loads(path.read_text()) == first
   proc = run_main("--mode=eval", f"--workdir={workdir}", "--checkpoint=4",
                   "--split=validation")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  val = json.loads((workdir / "eval" / "validation_metrics.json").read_text())
+  val = json.loads((workdir / "eval" / "validation_step4_metrics.json").read_text())
   assert val["checkpoint_step"] == 4 and val["num_examples"] == 5_000
+  assert path.exists()  # Another checkpoint's evaluation overwrote nothing.
 
 
 def test_rerun_resumes_instead_of_retraining(trained_workdir, tfds_dir, data_root):
@@ -123,7 +132,8 @@ def test_cli_rejects_bad_names_in_one_line(tmp_path, tfds_dir, data_root, overri
 
 
 def test_missing_dataset_without_network_fails_fast(tmp_path):
-  env = {"MNIST_JAX_MANUAL_DIR": ""}
+  # MNIST_JAX_OFFLINE: as if no network, also on a machine that has one.
+  env = {"MNIST_JAX_MANUAL_DIR": "", "MNIST_JAX_OFFLINE": "1"}
   start = time.monotonic()
   proc = run_main("--config=experiments/seed_lstm.py", f"--workdir={tmp_path / 'w'}",
                   f"--config.data.tfds_dir={tmp_path / 'empty_tfds'}", env=env)
@@ -150,9 +160,11 @@ def test_compilation_cache_is_filled_reused_and_survives_damage(trained_workdir,
           f"--compilation_cache={cache}"]
 
   def evaluate() -> dict:
+    path = workdir / "eval" / "test_step8_metrics.json"
+    path.unlink(missing_ok=True)
     proc = run_main(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((workdir / "eval" / "test_metrics.json").read_text())
+    return json.loads(path.read_text())
 
   reference = evaluate()
   entries = sorted(cache.glob("*-cache"))

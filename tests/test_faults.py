@@ -34,11 +34,14 @@ from conftest import REPO, run_main, tiny_config
 from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import data
+from mnist_jax import datasets
 from mnist_jax import evaluate
 from mnist_jax import models
+from mnist_jax import steps
 from mnist_jax import train
 from mnist_jax.errors import (ConfigError, DataError, NonFiniteError,
                               WorkdirError)
+from mnist_jax.workdir import Workdir
 
 pytestmark = pytest.mark.faults
 
@@ -104,17 +107,24 @@ def _cli_args(workdir, tfds_dir, data_root, *extra):
 
 def _restore(workdir, step=None) -> dict:
   """The train state of a checkpoint as NumPy arrays (latest when `step` is None)."""
-  config = config_lib.resolve(train.load_workdir_config(str(workdir)))
+  config = Workdir.open(str(workdir)).config
   store = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                       read_only=True)
   step = store.latest_step() if step is None else step
-  target = train.create_train_state(config, jax.random.PRNGKey(config.seed),
+  target = steps.create_train_state(config, jax.random.PRNGKey(config.seed),
                                     STEPS_PER_EPOCH)
   state, meta = store.restore(step, target)
   store.close()
   return {"step": int(state.step), "params": jax.tree.map(np.asarray, state.params),
           "opt_state": jax.tree.map(np.asarray, state.opt_state),
           "rng": np.asarray(state.rng), "meta": meta}
+
+
+def _test_metrics_file(workdir) -> pathlib.Path:
+  """The test evaluation training left (one file, named by the best step)."""
+  found = list((workdir / "eval").glob("test_step*_metrics.json"))
+  assert len(found) == 1, found
+  return found[0]
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -257,13 +267,13 @@ def test_sigkill_at_random_steps_resumes_to_identical_result(
     assert resumed_from in (3, 6, 8, 9, 12, 15) and resumed_from <= before[-1]
   proc = run_main(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  test_metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  test_metrics = json.loads(_test_metrics_file(workdir).read_text())
   _assert_same_as_reference(workdir, reference, test_metrics)
 
 
 def test_sigkill_with_two_cpu_devices_resumes_to_identical_result(tmp_path, tfds_dir,
                                                                   data_root):
-  # The default on a multi-core CPU: train.CpuReplicas. Killed and resumed on two
+  # The default on a multi-core CPU: parallel.CpuReplicas. Killed and resumed on two
   # devices, the result equals an uninterrupted two-device run bit for bit.
   def args(workdir):
     return [a for a in _cli_args(workdir, tfds_dir, data_root)
@@ -280,8 +290,8 @@ def test_sigkill_with_two_cpu_devices_resumes_to_identical_result(tmp_path, tfds
   assert proc.returncode == 0, proc.stderr[-3000:]
   _assert_same_state(_restore(workdir), _restore(uninterrupted))
   assert _val_accuracies(workdir) == _val_accuracies(uninterrupted)
-  assert ((workdir / "eval" / "test_metrics.json").read_text() ==
-          (uninterrupted / "eval" / "test_metrics.json").read_text())
+  assert (_test_metrics_file(workdir).read_text() ==
+          _test_metrics_file(uninterrupted).read_text())
 
 
 # ----------------------------------------------------------------------------------
@@ -303,7 +313,7 @@ def test_sigterm_saves_current_step_and_resume_is_identical(
   assert max(_steps(workdir)) == stopped_at
   assert _restore(workdir)["step"] == stopped_at
   # Resume (in this process) to the end.
-  metrics = evaluate.train_and_evaluate(_config(tfds_dir, data_root), str(workdir))
+  metrics = train.train_and_evaluate(_config(tfds_dir, data_root), str(workdir))
   assert metrics is not None
   _assert_same_as_reference(workdir, reference, json.loads(json.dumps(metrics)))
 
@@ -329,12 +339,12 @@ def test_sigint_at_epoch_end_validates_saves_and_loses_nothing(
   cfg = _config(tfds_dir, data_root)
   with monkeypatch.context() as m:
     _signal_at_step(m, signal.SIGINT, at_step)
-    assert evaluate.train_and_evaluate(cfg, str(workdir)) is None
+    assert train.train_and_evaluate(cfg, str(workdir)) is None
   out = capsys.readouterr().out
   assert f"Stopped by SIGINT at step {at_step}" in out and "Resume by" in out
   assert max(_steps(workdir)) == at_step
   assert sorted(_val_accuracies(workdir)) == [at_step]  # Validated before stopping.
-  metrics = evaluate.train_and_evaluate(cfg, str(workdir))
+  metrics = train.train_and_evaluate(cfg, str(workdir))
   # At an epoch end the validation of that epoch must still happen (once).
   _assert_same_as_reference(workdir, reference, json.loads(json.dumps(metrics)))
 
@@ -397,7 +407,7 @@ def test_failed_background_save_is_raised_not_swallowed(
 # ----------------------------------------------------------------------------------
 def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(
     reference, tmp_path, tfds_dir, data_root, monkeypatch):
-  original = train.train_step
+  original = steps.train_step
 
   def poisoned_step(state, batch, *, preprocess, **kwargs):
     # Step 5 (state.step 4) sees NaN inputs; every other step is untouched.
@@ -409,7 +419,7 @@ def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(
   # Metrics are fetched every 4 steps: the bad step 5 is found at step 6's flush.
   cfg = _config(tfds_dir, data_root, log_every_steps=4)
   with monkeypatch.context() as m:
-    m.setattr(train, "train_step", poisoned_step)
+    m.setattr(steps, "train_step", poisoned_step)
     with pytest.raises(NonFiniteError) as info:
       train.train(cfg, str(workdir))
   message = str(info.value)
@@ -424,13 +434,13 @@ def test_nan_batch_stops_run_and_keeps_last_good_checkpoint(
 def test_update_overflow_is_caught_before_it_is_saved(
     tmp_path, tfds_dir, data_root, monkeypatch):
   """Finite loss and gradients whose update is not finite (e.g. a huge step size)."""
-  original = train.create_optimizer
+  original = steps.create_optimizer
 
   def overflowing_optimizer(*args, **kwargs):
     blow_up = optax.scale_by_schedule(lambda n: jnp.where(n == 4, jnp.inf, 1.0))
     return optax.chain(original(*args, **kwargs), blow_up)
 
-  monkeypatch.setattr(train, "create_optimizer", overflowing_optimizer)
+  monkeypatch.setattr(steps, "create_optimizer", overflowing_optimizer)
   workdir = tmp_path / "run"
   cfg = _config(tfds_dir, data_root, checkpoint_every_steps=1)
   with pytest.raises(NonFiniteError) as info:
@@ -552,7 +562,7 @@ def test_bad_data_file_is_named_in_one_line(tmp_path, data_root, kind, victim, p
   cfg.manual_dir = str(manual)
   cfg.tfds_dir = str(tmp_path / "fresh_tfds")  # Nothing prepared: tfds must build.
   with pytest.raises(DataError) as info:
-    data.prepare(cfg)
+    datasets.prepare(cfg)
   message = str(info.value)
   assert "\n" not in message and phrase in message
   assert str(manual / victim) in message
@@ -595,7 +605,7 @@ def test_empty_manual_dir_names_first_missing_file(tmp_path):
   cfg.manual_dir = str(tmp_path / "manual")
   cfg.tfds_dir = str(tmp_path / "fresh_tfds")
   with pytest.raises(DataError, match=r"idx\d-ubyte\.gz is missing"):
-    data.prepare(cfg)
+    datasets.prepare(cfg)
 
 
 # ----------------------------------------------------------------------------------
@@ -650,16 +660,21 @@ INVALID = {
     "model.num_classes": (st.one_of(_BAD_POSITIVE_INT, st.integers(1, 9)), {}),
     "model.dropout": (_BAD_UNIT, {}),
     "model.readout": (_bad_choice(config_lib.READOUTS), {}),
-    "model.activation": (_bad_choice(config_lib.ACTIVATIONS), {}),
-    "model.irnn_scale": (_BAD_NUMBER, {}),
-    "model.lstm_chrono_max_timescale": (st.one_of(st.integers(max_value=2),
-                                                  st.floats(), st.text(max_size=4)), {}),
-    "model.lru_state_size": (_BAD_POSITIVE_INT, {}),
-    "model.lru_max_phase": (_BAD_NUMBER, {}),
-    "model.lru_r_min": (_BAD_UNIT, {}),
-    "model.lru_r_max": (_BAD_UNIT, {}),
-    "model.lru_scan": (_bad_choice(config_lib.LRU_SCANS), {}),
-    "model.lru_mix": (_bad_choice(config_lib.LRU_MIXES), {}),
+    "model.options.simple_rnn.activation": (_bad_choice(("tanh", "relu")),
+                                            {"model.name": "simple_rnn"}),
+    "model.options.irnn.identity_scale": (_BAD_NUMBER, {"model.name": "irnn"}),
+    "model.options.lstm.chrono_max_timescale": (
+        st.one_of(st.integers(max_value=2), st.floats(), st.text(max_size=4)), {}),
+    "model.options.layernorm_lstm.chrono_max_timescale": (
+        st.one_of(st.integers(max_value=2), st.floats(), st.text(max_size=4)),
+        {"model.name": "layernorm_lstm"}),
+    "model.options.lru.state_size": (_BAD_POSITIVE_INT, {"model.name": "lru"}),
+    "model.options.lru.max_phase": (_BAD_NUMBER, {"model.name": "lru"}),
+    "model.options.lru.r_min": (_BAD_UNIT, {"model.name": "lru"}),
+    "model.options.lru.r_max": (_BAD_UNIT, {"model.name": "lru"}),
+    "model.options.lru.scan": (_bad_choice(("parallel", "sequential")),
+                               {"model.name": "lru"}),
+    "model.options.lru.mix": (_bad_choice(("glu", "mlp")), {"model.name": "lru"}),
     "optimizer.name": (_bad_choice(config_lib.OPTIMIZERS), {}),
     "optimizer.schedule": (_bad_choice(config_lib.SCHEDULES), {}),
     "optimizer.learning_rate": (_BAD_NUMBER, {}),
@@ -731,20 +746,26 @@ def test_cli_rejects_bad_config_in_one_line_and_writes_nothing(
 # ----------------------------------------------------------------------------------
 # 8. Workdir mismatches and missing checkpoints.
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("override,key", [
-    ({"model.hidden_size": 32}, "model"),
-    ({"data.name": "fashion_mnist"}, "data.name"),
-    ({"data.sequence": "pixels"}, "data.sequence"),
-    ({"seed": 8}, "seed"),
+@pytest.mark.parametrize("override,named", [
+    ({"model.hidden_size": 32}, ["model.hidden_size=16 -> 32"]),
+    ({"data.name": "fashion_mnist"}, ["data.name='mnist' -> 'fashion_mnist'"]),
+    ({"seed": 8, "model.name": "gru", "data.sequence": "pixels",
+      "model.hidden_size": 8},
+     ["seed=7 -> 8", "model.name='lstm' -> 'gru'", "data.sequence='rows' -> 'pixels'",
+      "model.hidden_size=16 -> 8"]),
 ])
 def test_workdir_of_another_experiment_is_refused_untouched(
-    reference, tmp_path, tfds_dir, data_root, override, key):
+    reference, tmp_path, tfds_dir, data_root, override, named):
+  """Every differing field is named, not just the first."""
   workdir = tmp_path / "run"
   shutil.copytree(reference["workdir"], workdir)
   before = _snapshot(workdir)
   with pytest.raises(WorkdirError) as info:
     train.train(_config(tfds_dir, data_root, **override), str(workdir))
-  assert f"holds a run with {key}=" in str(info.value)
+  message = str(info.value)
+  assert "holds another run" in message and "\n" not in message
+  for text in named:
+    assert text in message
   assert _snapshot(workdir) == before
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax.errors import ConfigError
 
 BATCH, TIME, FEATURES, HIDDEN = 3, 7, 5, 6
 
@@ -193,12 +194,21 @@ def test_lstm_chrono_init_spreads_forget_timescales():
 
 def test_chrono_timescale_reaches_the_lstm_from_the_config():
   cfg = config_lib.get_config()
-  cfg.model.lstm_chrono_max_timescale = 100
+  cfg.model.options.lstm.chrono_max_timescale = 100
   model = models.build_model(config_lib.resolve(cfg).model)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)))
   forget = np.asarray(variables["params"]["layer0_fwd"]["input"]["bias"])[
       cfg.model.hidden_size:2 * cfg.model.hidden_size]
   assert len(np.unique(forget)) > 1 and forget.max() <= np.log(99)
+
+
+def test_a_key_the_config_does_not_declare_is_refused():
+  """The old layout's key (before cells owned their options) is named, with a hint."""
+  cfg = config_lib.get_config()
+  cfg.model.lstm_chrono_max_timescale = 100  # Unlocked: this adds a key silently.
+  with pytest.raises(ConfigError, match="model.lstm_chrono_max_timescale is not a "
+                     "config field .*model.options"):
+    config_lib.resolve(cfg)
 
 
 @pytest.mark.parametrize("readout", ["last", "mean", "max"])

@@ -10,7 +10,7 @@ import pytest
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
-from mnist_jax import train as train_lib
+from mnist_jax import steps
 from mnist_jax.errors import ConfigError
 from mnist_jax.models.lru import LRU, LRUBlock
 
@@ -181,16 +181,16 @@ def test_lru_block_matches_reference(mix):
 def _model_config(name, **overrides):
   cfg = config_lib.get_config()
   cfg.model.name, cfg.model.hidden_size = name, 8
-  cfg.model.lru_state_size = 5
-  for key, value in overrides.items():
-    cfg.model[key] = value
+  cfg.model.options.lru.state_size = 5
+  config_lib.override(cfg, {f"model.{k}": v for k, v in overrides.items()})
   return config_lib.resolve(cfg)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_classifier_shapes_and_config_options(name, bidirectional):
-  cfg = _model_config(name, num_layers=2, bidirectional=bidirectional, irnn_scale=0.25)
+  cfg = _model_config(name, num_layers=2, bidirectional=bidirectional,
+                      **{"options.irnn.identity_scale": 0.25})
   model = models.build_model(cfg.model)
   x = jnp.zeros((4, 28, 28))
   variables = model.init(jax.random.key(0), x)
@@ -213,9 +213,10 @@ def test_classifier_shapes_and_config_options(name, bidirectional):
     assert ("encoder" in params["layer1_fwd"]) == bidirectional
 
 
-def test_existing_cells_get_no_options():
-  for name in ("simple_rnn", "gru"):
-    assert models.build_model(_model_config(name).model).cell_options == ()
+def test_cells_get_only_their_own_options():
+  assert models.build_model(_model_config("gru").model).cell_options == ()
+  assert models.build_model(_model_config("simple_rnn").model).cell_options == (
+      ("activation", "tanh"),)
   # The LSTM's only option, chrono init, is off by default (forget bias 1).
   assert models.build_model(_model_config("lstm").model).cell_options == (
       ("chrono_max_timescale", None),)
@@ -224,11 +225,11 @@ def test_existing_cells_get_no_options():
 @pytest.mark.parametrize("name", NEW_MODELS)
 def test_train_step_changes_every_parameter(name):
   cfg = _model_config(name, num_layers=2, readout="mean")
-  state = train_lib.create_train_state(cfg, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(cfg, jax.random.PRNGKey(0), steps_per_epoch=10)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 28, 28), np.uint8)),
            "label": jnp.asarray(rng.integers(0, 10, 8, np.int32))}
-  step = jax.jit(lambda s, b: train_lib.train_step(
+  step = jax.jit(lambda s, b: steps.train_step(
       s, b, preprocess=data.make_preprocess(cfg.data)))
   new_state, metrics = step(state, batch)
   assert bool(metrics["finite"])
@@ -238,15 +239,32 @@ def test_train_step_changes_every_parameter(name):
     assert not np.array_equal(old, new), f"{jax.tree_util.keystr(path)} did not change"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("lru_r_min", 0.999), ("lru_r_max", 1.0), ("lru_r_min", -0.1),
-    ("lru_state_size", 0), ("lru_scan", "fft"), ("lru_mix", "moe"),
-    ("lru_max_phase", 0.0), ("irnn_scale", 0),
+@pytest.mark.parametrize("cell,option,value,phrase", [
+    ("lru", "r_min", 0.999, "r_min=0.999 must be smaller than r_max=0.999"),
+    ("lru", "r_max", 1.0, "options.lru.r_max=1.0 must be in [0, 1)"),
+    ("lru", "r_min", -0.1, "options.lru.r_min=-0.1 must be in [0, 1)"),
+    ("lru", "state_size", 0, "options.lru.state_size=0 must be a positive integer"),
+    ("lru", "scan", "fft", "options.lru.scan='fft' must be parallel or sequential"),
+    ("lru", "mix", "moe", "options.lru.mix='moe' must be glu or mlp"),
+    ("lru", "max_phase", 0.0, "options.lru.max_phase=0.0 must be a positive number"),
+    ("irnn", "identity_scale", -1.0, "options.irnn.identity_scale=-1.0 must be a "
+     "positive"),
+    ("lstm", "chrono_max_timescale", 2, "options.lstm.chrono_max_timescale=2 must be "
+     "an integer of at least 3"),
+    ("simple_rnn", "activation", "gelu", "options.simple_rnn.activation='gelu' must "
+     "be tanh or relu"),
 ])
-def test_bad_research_model_config_is_one_line(field, value):
+def test_bad_cell_option_is_one_line_naming_it(cell, option, value, phrase):
   cfg = config_lib.get_config()
-  cfg.model.name = "lru"
+  cfg.model.name = cell
   with cfg.ignore_type():
-    cfg.model[field] = value
-  with pytest.raises(ConfigError, match=f"model.lru_r_m|model.{field}"):
+    cfg.model.options[cell][option] = value
+  with pytest.raises(ConfigError) as err:
     config_lib.resolve(cfg)
+  assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+def test_options_of_cells_not_chosen_are_not_checked():
+  cfg = config_lib.get_config()
+  cfg.model.options.lru.state_size = 0  # The model is an LSTM: nothing uses this.
+  config_lib.resolve(cfg)

@@ -13,6 +13,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import predict
 from mnist_jax import train as train_lib
+from mnist_jax.workdir import Workdir
 
 CENTRE = 14.0  # MNIST's centre of mass, in pixel-index coordinates.
 
@@ -153,14 +154,17 @@ def trained_workdir(tmp_path_factory, tfds_dir, data_root):
 
 def test_mnist_images_survive_preprocessing(trained_workdir):
   """MNIST was made this way, so its own images come back nearly unchanged."""
-  config = config_lib.resolve(train_lib.load_workdir_config(str(trained_workdir)))
+  config = Workdir.open(str(trained_workdir)).config
   images = data.load_splits(config)["test"].images[:100]
   corr = [np.corrcoef(img.ravel(), predict.to_mnist(img).ravel())[0, 1]
           for img in images]
   assert np.median(corr) > 0.98
 
 
-def test_drawn_digits_are_recognised(trained_workdir, tmp_path):
+def test_drawn_digits_are_recognised(trained_workdir, tmp_path, monkeypatch):
+  def no_dataset(*args, **kwargs):
+    raise AssertionError("the predictor read the dataset")
+  monkeypatch.setattr(data, "load_splits", no_dataset)  # Needs the workdir alone.
   paths = []
   for digit in ("1", "7"):
     paths.append(str(tmp_path / f"drawn_{digit}.png"))
@@ -181,7 +185,8 @@ def test_command_line_json_and_errors(trained_workdir, tmp_path):
   bad = tmp_path / "bad.png"
   bad.write_bytes(b"\x00" * 10)
   run = lambda *args: subprocess.run(
-      [sys.executable, "-m", "mnist_jax.predict", f"--workdir={trained_workdir}", *args],
+      [sys.executable, "-m", "mnist_jax.main", "--mode=predict",
+       f"--workdir={trained_workdir}", *args],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   proc = run("--json", str(good), str(bad))
   assert proc.returncode == 1, proc.stderr[-2000:]

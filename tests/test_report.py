@@ -65,7 +65,7 @@ def test_write_report_makes_figures_and_markdown(tmp_path, tiny_resolved):
   for name in ("learning_curves.png", "confusion_matrix.png",
                "most_confident_errors.png"):
     assert f"]({name})" in md
-  metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  metrics = json.loads((workdir / "eval" / "test_step12_metrics.json").read_text())
   assert f"| accuracy | {100 * metrics['accuracy']:.2f}% |" in md
   assert "| 9 |" in md  # Per-class rows.
 
@@ -101,7 +101,7 @@ def test_compare_table_and_plot(tmp_path, tiny_resolved):
   table = (tmp_path / "cmp" / "comparison.md").read_text()
   rows = [l for l in table.splitlines() if l.startswith("| a ") or l.startswith("| b ")]
   assert len(rows) == 2
-  acc = json.loads((a / "eval" / "test_metrics.json").read_text())["accuracy"]
+  acc = json.loads((a / "eval" / "test_step12_metrics.json").read_text())["accuracy"]
   assert f"{100 * acc:.2f}%" in rows[0] and "| 3 |" in rows[0]
   assert rows[1].endswith("| – | – | – |") and "| 2 |" in rows[1]
 

@@ -11,6 +11,8 @@ import pytest
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
+from mnist_jax import parallel
+from mnist_jax import steps
 from mnist_jax import train
 from mnist_jax.errors import ConfigError
 
@@ -21,10 +23,9 @@ def _state_and_batch(model_name="lstm", **model_overrides):
   cfg.model.hidden_size = 8
   cfg.model.num_layers = 2
   cfg.model.bidirectional = True
-  for k, v in model_overrides.items():
-    cfg.model[k] = v
+  config_lib.override(cfg, {f"model.{k}": v for k, v in model_overrides.items()})
   cfg = config_lib.resolve(cfg)
-  state = train.create_train_state(cfg, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(cfg, jax.random.PRNGKey(0), steps_per_epoch=10)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (16, 28, 28), dtype=np.uint8)),
            "label": jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
@@ -32,7 +33,7 @@ def _state_and_batch(model_name="lstm", **model_overrides):
 
 
 def _step(cfg, **kwargs):
-  return jax.jit(functools.partial(train.train_step,
+  return jax.jit(functools.partial(steps.train_step,
                                    preprocess=data.make_preprocess(cfg.data), **kwargs))
 
 
@@ -78,7 +79,7 @@ def test_optimizers_and_schedules(opt, schedule):
   cfg = config_lib.get_config().optimizer
   cfg.name, cfg.schedule, cfg.warmup_epochs = opt, schedule, 1.0
   cfg.grad_clip_norm = 1.0
-  lr = train.create_learning_rate_schedule(cfg, steps_per_epoch=10, num_epochs=5)
+  lr = steps.create_learning_rate_schedule(cfg, steps_per_epoch=10, num_epochs=5)
   values = np.array([lr(s) for s in range(51)])
   assert values.max() == pytest.approx(1e-3, rel=1e-2)
   if schedule == "constant":
@@ -87,7 +88,7 @@ def test_optimizers_and_schedules(opt, schedule):
     assert values[-1] < 1e-4  # Decays.
   if schedule == "warmup_cosine":
     assert values[0] == 0 and np.argmax(values) == 10
-  tx = train.create_optimizer(cfg, 10, 5)
+  tx = steps.create_optimizer(cfg, 10, 5)
   params = {"w": jnp.ones(3)}
   updates, _ = tx.update({"w": jnp.full(3, 100.0)}, tx.init(params), params)
   assert np.all(np.isfinite(updates["w"]))
@@ -96,12 +97,12 @@ def test_optimizers_and_schedules(opt, schedule):
 def test_eval_step_padding_is_dropped(make_tiny_config):
   cfg = config_lib.resolve(make_tiny_config())
   splits = data.load_splits(cfg)
-  placement = train.make_placement()
-  state = train.create_train_state(cfg, jax.random.PRNGKey(0), 6)
-  step = train.make_eval_step(state.apply_fn, data.make_preprocess(cfg.data), placement)
-  logits, losses = train.predict(state.params, step, splits["test"], 64, placement)
+  placement = parallel.make_placement()
+  state = steps.create_train_state(cfg, jax.random.PRNGKey(0), 6)
+  step = placement.eval_step(state.apply_fn, data.make_preprocess(cfg.data))
+  logits, losses = parallel.predict(placement, step, state.params, splits["test"], 64)
   assert logits.shape == (300, 10) and losses.shape == (300,)
-  full, _ = train.predict(state.params, step, splits["test"], 300, placement)
+  full, _ = parallel.predict(placement, step, state.params, splits["test"], 300)
   np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
 
 
@@ -114,12 +115,12 @@ def test_cpu_replicas_step_equals_one_full_batch_step(num_devices, batch_size):
   rng = np.random.default_rng(1)
   batch = {"image": rng.integers(0, 256, (batch_size, 28, 28), dtype=np.uint8),
            "label": rng.integers(0, 10, batch_size, dtype=np.int32)}
-  replicas = train.CpuReplicas(jax.devices()[:1] * num_devices)
+  replicas = parallel.CpuReplicas(jax.devices()[:1] * num_devices)
   shards = replicas.put_batch(batch)
   assert [len(s["label"]) for s in shards] == (
       [16, 16] if batch_size == 32 else [16, 17, 17])
   expected, expected_metrics = _step(cfg)(state, jax.tree.map(jnp.asarray, batch))
-  step = train.make_train_step(replicas, state.apply_fn, data.make_preprocess(cfg.data))
+  step = replicas.train_step(state.apply_fn, preprocess=data.make_preprocess(cfg.data))
   got, got_metrics = step(jax.tree.map(jnp.copy, state), shards)
   assert int(got.step) == 1
   for key in ("loss", "accuracy", "grad_norm"):
@@ -136,18 +137,18 @@ def test_cpu_replicas_single_shard_draws_like_one_device():
   cfg, state, batch = _state_and_batch(dropout=0.5)  # 16 rows: one shard.
   options = dict(augment_max_shift=2)
   expected, _ = _step(cfg, **options)(state, batch)
-  replicas = train.CpuReplicas(jax.devices()[:1] * 2)
+  replicas = parallel.CpuReplicas(jax.devices()[:1] * 2)
   shards = replicas.put_batch(jax.tree.map(np.asarray, batch))
   assert len(shards) == 1
-  step = train.make_train_step(replicas, state.apply_fn, data.make_preprocess(cfg.data),
-                               **options)
+  step = replicas.train_step(state.apply_fn, preprocess=data.make_preprocess(cfg.data),
+                             **options)
   got, _ = step(jax.tree.map(jnp.copy, state), shards)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7),
                got.params, expected.params)
 
 
 def test_mesh_batch_not_divisible_by_devices_is_one_line_error(monkeypatch):
-  placement = train.Placement()
+  placement = parallel.MeshPlacement()
   monkeypatch.setattr(jax, "device_count", lambda: 4)
   with pytest.raises(ConfigError, match=r"^config.batch_size=50 must be divisible by "
                      r"the 4 devices of the data mesh .*use a multiple of 4\.$"):
@@ -156,7 +157,7 @@ def test_mesh_batch_not_divisible_by_devices_is_one_line_error(monkeypatch):
 
 
 def test_cpu_replicas_small_batch_stays_on_one_device():
-  replicas = train.CpuReplicas(jax.devices()[:1] * 4)
+  replicas = parallel.CpuReplicas(jax.devices()[:1] * 4)
   batch = {"label": np.arange(40)}
   assert [len(s["label"]) for s in replicas.put_batch(batch)] == [20, 20]
   assert [len(s["label"]) for s in replicas.put_batch({"label": np.arange(15)})] == [15]
@@ -165,12 +166,13 @@ def test_cpu_replicas_small_batch_stays_on_one_device():
 def test_cpu_replicas_predict_equals_one_device(make_tiny_config):
   cfg = config_lib.resolve(make_tiny_config())
   splits = data.load_splits(cfg)
-  state = train.create_train_state(cfg, jax.random.PRNGKey(0), 6)
+  state = steps.create_train_state(cfg, jax.random.PRNGKey(0), 6)
   preprocess = data.make_preprocess(cfg.data)
   outputs = []
-  for placement in (train.Placement(), train.CpuReplicas(jax.devices()[:1] * 3)):
-    step = train.make_eval_step(state.apply_fn, preprocess, placement)
-    outputs.append(train.predict(state.params, step, splits["test"], 64, placement))
+  for placement in (parallel.MeshPlacement(),
+                    parallel.CpuReplicas(jax.devices()[:1] * 3)):
+    step = placement.eval_step(state.apply_fn, preprocess)
+    outputs.append(parallel.predict(placement, step, state.params, splits["test"], 64))
   (logits, losses), (replica_logits, replica_losses) = outputs
   assert replica_logits.shape == (300, 10)
   np.testing.assert_allclose(replica_logits, logits, rtol=1e-5, atol=1e-5)

@@ -18,10 +18,14 @@ Parameter layout of a cell named `layer0_fwd`::
 
 Gates are concatenated along the last axis in the order the cell's docstring gives.
 A new cell subclasses `RecurrentCell`, sets `num_gates`, and writes `recurrence` and
-(if its carry is not a single hidden vector) `initial_carry` and `output`.
+(if its carry is not a single hidden vector) `initial_carry` and `output`. Settings of
+its own are module attributes listed in `OPTIONS` (see `Option`): the config exposes
+them as `config.model.options.<cell name>.<attribute>` and `build_model` passes them.
 """
 
-from typing import Any, ClassVar
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -31,17 +35,61 @@ Array = jax.Array
 Carry = Any
 
 
-class RecurrentCell(nn.Module):
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """A cell setting beyond hidden_size / unroll: a module attribute of the same name.
+
+  Attributes:
+    default: the value when the config does not set it.
+    help: what it does, for the config's reader.
+    valid: value -> bool; None accepts anything of `type`.
+    requirement: what a valid value is, for the error message ("at least 3 or None").
+    kind: the value's type (needed when `default` is None, for command-line overrides).
+  """
+  default: Any
+  help: str
+  valid: Callable[[Any], bool] | None = None
+  requirement: str = ""
+  kind: type | None = None
+
+  def value_type(self) -> type:
+    return self.kind or type(self.default)
+
+
+def is_number(v: Any) -> bool:
+  """A finite int or float (not a bool): what numeric options accept."""
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+def is_positive(v: Any) -> bool:
+  return is_number(v) and v > 0
+
+
+def is_positive_int(v: Any) -> bool:
+  return is_positive(v) and isinstance(v, int)
+
+
+class HasOptions:
+  """What the registry reads from a cell class: its `OPTIONS` and cross-option rules."""
+  OPTIONS: ClassVar[dict[str, Option]] = {}
+
+  @classmethod
+  def options_error(cls, values: dict[str, Any]) -> str | None:
+    """What is wrong with a combination of valid option values (None: nothing)."""
+    del values
+    return None
+
+
+class RecurrentCell(HasOptions, nn.Module):
   """Base recurrent layer: maps [batch, time, features] to [batch, time, hidden].
 
   Attributes:
     hidden_size: size of the hidden state.
     unroll: time steps per iteration of the compiled scan loop.
-    activation: name of the nonlinearity (cells that take one).
   """
   hidden_size: int
   unroll: int = 1
-  activation: str = "tanh"
 
   num_gates: ClassVar[int] = 1
   uses_recurrent_bias: ClassVar[bool] = False
@@ -103,9 +151,8 @@ class RecurrentCell(nn.Module):
     """
     # The input projection W_x x_t + b runs inside the loop, one step at a time, on
     # time-major raw inputs. Hoisting it out as one [batch * time] matmul, the textbook
-    # trick, measured the same for training (batch 100) but 2.1x slower evaluation at
-    # batch 1000 on this CPU (seed LSTM: 16k vs 35k examples/s): it writes a [batch,
-    # time, gates * hidden] array, 45 MB per batch, and transposes it to time-major.
+    # trick, writes and transposes a [batch, time, gates * hidden] array per batch:
+    # evaluation ran 2x slower that way on CPU (docs/performance.md).
     self.input(inputs[:, :0])  # Creates input/kernel and input/bias; computes nothing.
     dense = self.input.variables["params"]
     kernel, bias = dense["kernel"], dense["bias"]
@@ -124,8 +171,8 @@ def fused_sigmoid_tanh(z: Array, tanh_mask: Array) -> Array:
   """sigmoid(z) where tanh_mask is 0 and tanh(z) where it is 1, with one tanh.
 
   sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so all gates share one transcendental pass;
-  on this CPU one tanh over [batch, 4 * hidden] is ~2.5x cheaper than three sigmoids
-  and two tanhs on split slices (../shared/notes/cpu-speed-facts.md).
+  on CPU one tanh over [batch, 4 * hidden] is much cheaper than three sigmoids and two
+  tanhs on split slices (docs/performance.md).
   """
   scale = jnp.where(tanh_mask, 1.0, 0.5).astype(z.dtype)
   return jnp.tanh(z * scale) * scale + (1.0 - scale)

@@ -24,11 +24,10 @@ class SequenceClassifier(nn.Module):
     bidirectional: add a time-reversed layer beside each forward one.
     dropout: rate after each layer (training only).
     readout: "last", "mean" or "max".
-    activation: passed to the cell (SimpleRNN's nonlinearity).
     unroll: scan unroll factor.
     num_classes: output size.
-    cell_options: extra (name, value) pairs for the cell's constructor (a tuple, so
-      the module stays hashable); empty for the basic cells.
+    cell_options: the cell's own settings, (name, value) pairs for its constructor
+      (a tuple, so the module stays hashable); see `base.Option`.
   """
   cell: Any
   hidden_size: int
@@ -36,7 +35,6 @@ class SequenceClassifier(nn.Module):
   bidirectional: bool = False
   dropout: float = 0.0
   readout: str = "last"
-  activation: str = "tanh"
   unroll: int = 1
   num_classes: int = 10
   cell_options: tuple[tuple[str, Any], ...] = ()
@@ -47,8 +45,7 @@ class SequenceClassifier(nn.Module):
     forward = backward = None
     for i in range(self.num_layers):
       make = lambda d: self.cell(hidden_size=self.hidden_size, unroll=self.unroll,
-                                 activation=self.activation, name=f"layer{i}_{d}",
-                                 **dict(self.cell_options))
+                                 name=f"layer{i}_{d}", **dict(self.cell_options))
       forward = make("fwd")(x)
       if self.bidirectional:
         backward = make("bwd")(x, reverse=True)

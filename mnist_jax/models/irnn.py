@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.base import RecurrentCell
+from mnist_jax.models.base import Option, RecurrentCell, is_positive
 
 
 class IRNN(RecurrentCell):
@@ -20,9 +20,8 @@ class IRNN(RecurrentCell):
   step, so at initialisation gradients neither vanish nor explode along the time axis.
   That is what lets a plain RNN learn pixel-by-pixel MNIST (784 steps). The paper uses
   scale 1 for the long-range tasks and a smaller one (e.g. 0.01) for language models.
-  The input kernel keeps the shared Glorot init (the paper draws it from N(0, 0.001)),
-  and `activation` is ignored: the IRNN is ReLU by definition. Train it with gradient
-  clipping (`optimizer.grad_clip_norm`) as the paper does.
+  The input kernel keeps the shared Glorot init (the paper draws it from N(0, 0.001)).
+  Train it with gradient clipping (`optimizer.grad_clip_norm`) as the paper does.
 
   Parameters: `input/kernel` [features, hidden], `input/bias` [hidden],
   `recurrent_kernel` [hidden, hidden].
@@ -33,11 +32,9 @@ class IRNN(RecurrentCell):
   identity_scale: float = 1.0
 
   num_gates = 1
-
-  @classmethod
-  def config_options(cls, model_config) -> dict:
-    """Extra constructor arguments read from `config.model` (see `build_model`)."""
-    return {"identity_scale": float(model_config.irnn_scale)}
+  OPTIONS = {"identity_scale": Option(
+      1.0, "The recurrent kernel starts as this * identity.",
+      is_positive, "a positive number")}
 
   def recurrent_kernel_init(self, key, shape, dtype=jnp.float32):
     del key

@@ -20,6 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax.models.base import (HasOptions, Option, is_number, is_positive,
+                                   is_positive_int)
+
 Array = jax.Array
 
 SCANS = ("parallel", "sequential")
@@ -153,7 +156,11 @@ class LRU(nn.Module):
     return self.output(jnp.swapaxes(states, 0, 1), inputs)
 
 
-class LRUBlock(nn.Module):
+def _in_unit_interval(v) -> bool:
+  return is_number(v) and 0.0 <= v < 1.0
+
+
+class LRUBlock(HasOptions, nn.Module):
   """One residual LRU block: [batch, time, features] -> [batch, time, hidden].
 
       x = encoder(inputs)        Dense to hidden, only when features != hidden
@@ -172,13 +179,11 @@ class LRUBlock(nn.Module):
   Attributes:
     hidden_size: model width H.
     unroll: sequential scan unroll.
-    activation: unused (the classifier passes it to every cell).
     state_size, r_min, r_max, max_phase, scan: see `LRU`.
     mix: "glu" or "mlp".
   """
   hidden_size: int
   unroll: int = 1
-  activation: str = "tanh"
   state_size: int = 256
   r_min: float = 0.9
   r_max: float = 0.999
@@ -186,15 +191,28 @@ class LRUBlock(nn.Module):
   scan: str = "parallel"
   mix: str = "glu"
 
+  OPTIONS = {
+      "state_size": Option(256, "Complex state units per LRU layer.",
+                           is_positive_int,
+                           "a positive integer"),
+      "r_min": Option(0.9, "Initial eigenvalue moduli are uniform on the ring "
+                      "r_min <= |lambda| <= r_max.", _in_unit_interval, "in [0, 1)"),
+      "r_max": Option(0.999, "See r_min.", _in_unit_interval, "in [0, 1)"),
+      "max_phase": Option(2 * math.pi, "Initial phases are uniform in [0, this].",
+                          is_positive, "a positive number"),
+      "scan": Option("parallel", "parallel: associative scan; sequential: lax.scan "
+                     "(less memory, faster on CPU).", lambda v: v in SCANS,
+                     " or ".join(SCANS)),
+      "mix": Option("glu", "Channel mixing after the LRU: glu, or mlp (one Dense).",
+                    lambda v: v in MIXES, " or ".join(MIXES)),
+  }
+
   @classmethod
-  def config_options(cls, model_config) -> dict:
-    """Extra constructor arguments read from `config.model` (see `build_model`)."""
-    return {"state_size": model_config.lru_state_size,
-            "r_min": float(model_config.lru_r_min),
-            "r_max": float(model_config.lru_r_max),
-            "max_phase": float(model_config.lru_max_phase),
-            "scan": model_config.lru_scan,
-            "mix": model_config.lru_mix}
+  def options_error(cls, values):
+    if values["r_min"] >= values["r_max"]:
+      return (f"r_min={values['r_min']} must be smaller than "
+              f"r_max={values['r_max']}")
+    return None
 
   def setup(self):
     if self.scan not in SCANS or self.mix not in MIXES:

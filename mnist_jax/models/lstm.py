@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax.models.base import RecurrentCell, fused_sigmoid_tanh
+from mnist_jax.models.base import (Option, RecurrentCell, fused_sigmoid_tanh,
+                                   is_positive_int)
 
 
 class LSTM(RecurrentCell):
@@ -29,11 +30,11 @@ class LSTM(RecurrentCell):
   chrono_max_timescale: int | None = None
 
   num_gates = 4
-
-  @classmethod
-  def config_options(cls, model_config) -> dict:
-    """Extra constructor arguments read from `config.model` (see `build_model`)."""
-    return {"chrono_max_timescale": model_config.lstm_chrono_max_timescale}
+  OPTIONS = {"chrono_max_timescale": Option(
+      None, "Chrono init of the forget/input biases for memories up to this many "
+      "steps (e.g. 784 for pixel sequences); None: forget bias 1.",
+      lambda v: v is None or (is_positive_int(v) and v >= 3),
+      "an integer of at least 3 (the longest memory in steps), or None", int)}
 
   def input_bias_init(self, key, shape, dtype=jnp.float32):
     hidden = shape[0] // 4
@@ -82,9 +83,8 @@ def _gates_and_update(z, c):
 
   The backward pass is written out (`_update_bwd`): it keeps only z and c per step,
   recomputes the gates, and emits dz in one element-wise pass. Autodiff of the same
-  arithmetic (even rematerialised) splits, pads and re-adds the four gate slices;
-  measured here, the hand-written backward makes a 784-step LSTM(128) layer's
-  gradient 15% faster and the seed LSTM(100)'s 23% faster, same values to 1e-6.
+  arithmetic (even rematerialised) splits, pads and re-adds the four gate slices,
+  which made the layer gradient markedly slower (docs/performance.md).
   """
   i, f, g, o = split_gates(gate_activations(z, c.shape[-1]))
   c = f * c + i * g

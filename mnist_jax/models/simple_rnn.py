@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from mnist_jax.models.base import RecurrentCell
+from mnist_jax.models.base import Option, RecurrentCell
 
 _ACTIVATIONS = {"tanh": jax.numpy.tanh, "relu": jax.nn.relu}
 
@@ -12,8 +12,15 @@ class SimpleRNN(RecurrentCell):
   """Elman RNN layer: [batch, time, features] -> [batch, time, hidden].
 
       h_t = act(W_x x_t + b + W_h h_{t-1}),   act = tanh or relu (`activation`).
+
+  Attributes:
+    activation: "tanh" or "relu".
   """
+  activation: str = "tanh"
+
   num_gates = 1
+  OPTIONS = {"activation": Option("tanh", "The nonlinearity: tanh or relu.",
+                                  lambda v: v in _ACTIVATIONS, "tanh or relu")}
 
   @nn.nowrap
   def recurrence(self, params, carry, projected):

@@ -1,14 +1,15 @@
 r"""Training and evaluation speed of an experiment config, optionally against PyTorch.
 
-    python experiments/benchmark.py --config=experiments/seed_lstm.py
-    python experiments/benchmark.py --config=experiments/seed_lstm.py \
+    python benchmarks/benchmark.py --config=experiments/seed_lstm.py
+    python benchmarks/benchmark.py --config=experiments/seed_lstm.py \
         --config.model.name=gru --compare=torch
-    python experiments/benchmark.py --preset=all --compare=torch
+    python benchmarks/benchmark.py --preset=all --compare=torch \
+        --json_out=benchmarks/results/NAME.json
 
-The JAX side is the library's own code: `train.create_train_state`, and the train and
-eval steps exactly as `train.train` builds them (`train.make_placement`,
-`train.make_train_step`, `train.make_eval_step`): with several CPU devices (the
-default on a multi-core CPU, `--cpu_devices`) that is `train.CpuReplicas`. Batches
+The JAX side is the library's own code: `steps.create_train_state`, and the train and
+eval steps exactly as `train.train` builds them (`parallel.make_placement`, then the
+placement's `train_step` and `eval_step`): with several CPU devices (the default on a
+multi-core CPU, `--cpu_devices`) that is `parallel.CpuReplicas`. Batches
 are random uint8 images of the real shape (speed does not depend on pixel values),
 placed on the devices before timing, so the numbers are the steps alone, as in
 training where a thread prepares batches ahead.
@@ -20,7 +21,7 @@ Reported per config:
   training loop does. With `--compare=torch`, JAX and PyTorch repeats alternate, so a
   change in background load hits both sides alike.
 * compile: seconds to trace, lower and compile the train step (and the eval step).
-  With several CPU devices (`train.CpuReplicas`, the default on a multi-core CPU)
+  With several CPU devices (`parallel.CpuReplicas`, the default on a multi-core CPU)
   there is no single train executable: the figure is the first step run once (which
   compiles every device's program) plus an ahead-of-time compile of one shard's
   gradient program, and the eval figure includes one evaluation batch.
@@ -70,16 +71,14 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-try:
-  import mnist_jax  # pylint: disable=unused-import
-except ModuleNotFoundError:  # Run from a checkout without `pip install -e .`.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
-from mnist_jax import train
+from mnist_jax import parallel
+from mnist_jax import steps
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "experiments")
 
 FLAGS = flags.FLAGS
 
@@ -99,7 +98,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads; 0: its default "
                        "(one per physical core).")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON to this path.")
-  flags.DEFINE_integer("cpu_devices", None, "JAX CPU devices (train.CpuReplicas), as "
+  flags.DEFINE_integer("cpu_devices", None, "JAX CPU devices (parallel.CpuReplicas), as "
                        "`mnist_jax.main --cpu_devices`: default one per logical CPU, "
                        "1: off.", lower_bound=1)
 
@@ -253,19 +252,20 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
     config: a resolved config.
     num_batches: distinct batches cycled through (held on the device).
   """
-  placement = train.make_placement()
+  placement = parallel.make_placement()
   placement.check_batch_size(config.batch_size, "batch_size")
   placement.check_batch_size(config.eval_batch_size, "eval_batch_size")
   preprocess = data.make_preprocess(config.data, perm=data.permutation(config.data))
   spe = data.steps_per_epoch(55_000, config.batch_size)  # Only shapes the LR schedule.
-  state = train.create_train_state(config, jax.random.PRNGKey(config.seed), spe)
-  state = jax.device_put(state, placement.replicated)
+  state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), spe)
+  state = placement.put_state(state)
 
   # Exactly as `train.train` builds it.
-  jit_train_step = train.make_train_step(placement, state.apply_fn, preprocess,
-                                         config.optimizer.label_smoothing,
-                                         config.data.augment_max_shift)
-  jit_eval_step = train.make_eval_step(state.apply_fn, preprocess, placement)
+  jit_train_step = placement.train_step(
+      state.apply_fn, preprocess=preprocess,
+      label_smoothing=config.optimizer.label_smoothing,
+      augment_max_shift=config.data.augment_max_shift)
+  jit_eval_step = placement.eval_step(state.apply_fn, preprocess)
 
   rng = np.random.default_rng(0)
   classes = config.model.num_classes
@@ -335,7 +335,8 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
     rnn_cls, extra = nn.GRU, {}
   elif m.name in ("simple_rnn", "irnn"):  # IRNN: relu Elman net, identity init.
     rnn_cls = nn.RNN
-    extra = {"nonlinearity": "relu" if m.name == "irnn" else m.activation}
+    extra = {"nonlinearity": "relu" if m.name == "irnn"
+             else m.options.simple_rnn.activation}
   else:
     raise ValueError(f"no PyTorch equivalent of model {m.name!r}; "
                      f"choose one of {TORCH_MODELS}")
@@ -615,17 +616,6 @@ def format_table(results: list[tuple[str, dict]]) -> str:
   return "\n".join(lines)
 
 
-def _load_config_file(path: str, overrides: dict) -> ml_collections.ConfigDict:
-  config = config_lib.from_experiment(path)
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -638,8 +628,8 @@ def main(argv):
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
       raise app.UsageError(f"Unknown preset {unknown}; choose from {list(PRESETS)}.")
-    configs = [(n, _load_config_file(os.path.join(_HERE, PRESETS[n][0]),
-                                     PRESETS[n][1])) for n in names]
+    configs = [(n, config_lib.override(config_lib.from_experiment(
+        os.path.join(_EXPERIMENTS, PRESETS[n][0])), PRESETS[n][1])) for n in names]
   else:
     configs = [(None, FLAGS.config)]
 

@@ -1,6 +1,6 @@
 r"""The seed LSTM recipe in plain PyTorch, timed from process start to the test report.
 
-    python experiments/torch_seed_lstm.py
+    MNIST_JAX_MANUAL_DIR=/path/to/data python benchmarks/torch_seed_lstm.py
     python -m mnist_jax.main --config=experiments/seed_lstm.py --workdir=runs/seed_lstm
 
 The end-to-end reference for `experiments/seed_lstm.py`: LSTM(100) over the 28 rows,
@@ -8,8 +8,8 @@ last step -> Linear(10), Adam 1e-3, batch 100, 10 epochs, train on 55k and valid
 the first 5k training images after every epoch, then report test accuracy with the
 parameters of the best validation epoch (as `eval_checkpoint="best"` does). Batch order
 is the library's (`np.random.default_rng([seed, epoch]).permutation`). The data is read
-with gzip + NumPy from the canonical .gz files in $MNIST_JAX_MANUAL_DIR/mnist, else
-../shared/data/mnist beside the checkout (override with --data_dir). Initialisation is
+with gzip + NumPy from the canonical .gz files in $MNIST_JAX_MANUAL_DIR/mnist (or
+--data_dir). Initialisation is
 PyTorch's default (not the library's orthogonal / forget-bias-1 scheme).
 
 Needs `pip install -e .[bench]` (torch, CPU wheel). Seed notebook: 98.47% test
@@ -40,7 +40,6 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 
 
@@ -57,10 +56,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("threads", 0, "Intra-op threads; 0: PyTorch's default.")
 
 
-def default_data_dir() -> str:
+def default_data_dir() -> str | None:
   env = os.environ.get("MNIST_JAX_MANUAL_DIR")
-  root = env if env else os.path.join(os.path.dirname(_REPO), "shared", "data")
-  return os.path.join(root, "mnist")
+  return os.path.join(env, "mnist") if env else None
 
 
 def read_idx(path: str, offset: int) -> np.ndarray:
@@ -88,6 +86,9 @@ def main(argv):
     torch.set_num_threads(FLAGS.threads)
   torch.manual_seed(FLAGS.seed)
   folder = FLAGS.data_dir or default_data_dir()
+  if folder is None:
+    raise app.UsageError("Set MNIST_JAX_MANUAL_DIR (a folder holding mnist/) or "
+                         "--data_dir (the folder with the four MNIST .gz files).")
   mnist = load_mnist(folder)
   images, labels = mnist["train"]
   n_val = FLAGS.validation_size

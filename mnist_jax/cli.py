@@ -1,0 +1,131 @@
+"""What the command line does around the library: help, flag errors, setup, modes.
+
+`main.py` defines the flags and calls `run_mode`; this module keeps JAX and the rest
+of the library unimported until the flags have parsed, so `--help` is instant.
+"""
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_HELP = ("--help", "-h", "-?", "--helpshort")
+
+
+def flags_parser(doc: str) -> Callable[[list[str]], list[str]]:
+  """absl's flag parsing, with a --help that lists the flags and exits 0, and one-line
+  errors for a missing config file or a --config.KEY that names no field."""
+
+  def parse(argv: list[str]) -> list[str]:
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(a in _HELP for a in args):
+      module = flags.FLAGS.find_module_defining_flag("workdir")
+      listing = flags.FLAGS.module_help(module).split("\n", 1)[-1]  # Less its path.
+      print(doc.strip() + "\n\nFlags:\n" + listing
+            + "\n\nMore: --helpfull lists every flag (absl's and JAX's too).")
+      sys.exit(0)
+    _check_config_path(args)
+    try:
+      return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:  # config_flags: the config has no KEY.
+      cause = e.__context__ if isinstance(e.__context__, KeyError) else e
+      detail = str(cause.args[0]) if cause.args else str(cause)
+      key = detail.splitlines()[0].strip("'\"") if detail else ""
+      if not key or not any(a.startswith("--config.") and key in a for a in args):
+        raise  # Not an override's fault (e.g. a bug in the config file): keep it.
+      sys.exit(f"error: --config override names no config field: "
+               f"{' '.join(detail.split())} (see mnist_jax/config.py).")
+
+  return parse
+
+
+def _check_config_path(args: Sequence[str]) -> None:
+  """Exits with one line if --config names a file that does not exist."""
+  for i, arg in enumerate(args):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(args):
+      value = args[i + 1]
+    else:
+      continue
+    path = value.split(":", 1)[0]  # config_flags: FILE[:ARGUMENT].
+    if not os.path.isfile(path):
+      sys.exit(f"error: --config={value}: no such file; experiment configs are in "
+               f"experiments/ (e.g. --config=experiments/seed_lstm.py).")
+
+
+def use_compilation_cache(folder: str) -> None:
+  """Turns on JAX's persistent compilation cache in `folder` (every executable).
+
+  Entries are keyed by the program, compile options, JAX version and device, so a
+  changed model or another machine compiles afresh. A damaged entry (e.g. a run killed
+  while writing it) is reported by JAX as a warning and compiled again.
+
+  Args:
+    folder: the cache folder ("~" expanded); empty: leave the cache off.
+  """
+  if not folder:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+  # The defaults skip programs that compile in under 1 s; here those add up to seconds.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  jax.config.update("jax_compilation_cache_max_size", 2**30)  # LRU-evicted beyond.
+
+
+def setup(compilation_cache: str, cpu_devices: int | None,
+          coordinator_address: str | None, num_processes: int | None,
+          process_id: int | None) -> None:
+  """Compilation cache, then several processes or several CPU devices, before JAX
+  starts any backend."""
+  from mnist_jax import distributed, hugepages
+  line = hugepages.announcement()
+  if line:
+    logging.info(line)
+  use_compilation_cache(compilation_cache)
+  if not distributed.initialize(coordinator_address, num_processes, process_id):
+    distributed.set_cpu_devices(cpu_devices)
+  elif cpu_devices is not None:
+    logging.warning("--cpu_devices ignored: several processes use the data mesh, "
+                    "one CPU device each.")
+
+
+def run_mode(mode: str, workdir: str, *, config=None, checkpoint=None,
+             split: str = "test", workdirs: Sequence[str] = (),
+             files: Sequence[str] = (), as_json: bool = False) -> int:
+  """Runs one mode of `mnist-jax`; returns the exit status.
+
+  Raises:
+    UserError: bad input, with a message that says what to do.
+  """
+  from mnist_jax.errors import UserError
+  if files and mode != "predict":
+    raise UserError(f"unexpected arguments {' '.join(files)}: only --mode=predict "
+                    f"takes files (flags need --name=value).")
+  if mode == "train":
+    if config is None:
+      raise UserError("--config is required to train (e.g. "
+                      "--config=experiments/seed_lstm.py).")
+    from mnist_jax import train
+    train.train_and_evaluate(config, workdir)
+  elif mode == "eval":
+    from mnist_jax import evaluate
+    evaluate.evaluate_workdir(workdir, checkpoint or "best", split)
+  elif mode == "report":
+    from mnist_jax import report
+    paths = (report.compare(workdirs, workdir) if workdirs
+             else report.write_report(workdir, checkpoint=checkpoint))
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+  else:
+    if not files:
+      raise UserError("--mode=predict needs image files after the flags, e.g. "
+                      "--mode=predict --workdir=runs/seed_lstm digit.png.")
+    from mnist_jax import predict
+    predictor = predict.Predictor(workdir, checkpoint or "best")
+    return predict.print_results(predict.predict_files(predictor, list(files)),
+                                 as_json)
+  return 0

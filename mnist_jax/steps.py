@@ -1,0 +1,180 @@
+"""The pure pieces of training: optimizer, train state, `train_step` and `eval_step`.
+
+Nothing here knows about devices, files or the loop: `parallel.py` jits these for a
+placement, `train.py` runs them, `evaluate.py` and `predict.py` reuse `eval_step` and
+`abstract_params`.
+
+Batches are {"image": uint8 [batch, 28, 28], "label": int32 [batch]}; `preprocess`
+turns images into model inputs [batch, time, features] on the device.
+"""
+
+from typing import Any, Callable
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mnist_jax import data
+from mnist_jax import models
+
+Batch = dict[str, jax.Array]
+Preprocess = Callable[[jax.Array], jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the run's base RNG key (per-step keys are folded in)."""
+  rng: jax.Array
+
+
+def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
+                                  steps_per_epoch: int,
+                                  num_epochs: int) -> optax.Schedule:
+  total = steps_per_epoch * num_epochs
+  peak = opt.learning_rate
+  end = peak * opt.end_learning_rate_factor
+  warmup = int(opt.warmup_epochs * steps_per_epoch)
+  if opt.schedule == "constant":
+    return optax.constant_schedule(peak)
+  if opt.schedule == "cosine":
+    return optax.cosine_decay_schedule(peak, total, alpha=opt.end_learning_rate_factor)
+  if opt.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1),
+                                              end_value=end)
+  # onecycle: warmup_epochs sets where the peak sits (default 30% of training).
+  pct = warmup / total if warmup else 0.3
+  return optax.cosine_onecycle_schedule(total, peak, pct_start=pct)
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+                     num_epochs: int) -> optax.GradientTransformation:
+  lr = create_learning_rate_schedule(opt, steps_per_epoch, num_epochs)
+  if opt.name == "adam":
+    tx = optax.adam(lr)
+  elif opt.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=opt.weight_decay)
+  else:
+    tx = optax.sgd(lr, momentum=opt.momentum, nesterov=True)
+  if opt.grad_clip_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx
+
+
+def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
+  """The model's initial parameters for `config` (`rng`: a raw uint32 key)."""
+  model = models.build_model(config.model)
+  dummy = jnp.zeros((1, *data.input_shape(config.data)), jnp.float32)
+  return model.init(rng, dummy, train=False)["params"]
+
+
+def abstract_params(config: ml_collections.ConfigDict) -> Any:
+  """Shapes and dtypes of the parameters (`jax.ShapeDtypeStruct`s), computing nothing.
+
+  The restore target for evaluation: no optimizer, so no schedule to invent.
+  """
+  return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       steps_per_epoch: int) -> TrainState:
+  """Initialises the model and optimizer. `rng` is a raw uint32 key."""
+  params_rng, state_rng = jax.random.split(rng)
+  return TrainState.create(
+      apply_fn=models.build_model(config.model).apply,
+      params=init_params(config, params_rng),
+      tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs),
+      rng=state_rng)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite (a scalar bool array)."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def loss_and_gradients(params: Any, rng: jax.Array, batch: Batch, *,
+                       apply_fn: Callable, preprocess: Preprocess,
+                       label_smoothing: float = 0.0,
+                       augment_max_shift: int = 0) -> tuple[Any, dict]:
+  """Gradients of the mean loss over `batch`, and that batch's {loss, accuracy}.
+
+  Args:
+    params: model parameters.
+    rng: this step's key (shift augmentation and dropout draw from it).
+    batch: uint8 images [batch, 28, 28] and integer labels [batch].
+    apply_fn: the model's `apply`.
+    preprocess: images -> model inputs [batch, time, features].
+    label_smoothing: optax.smooth_labels' alpha.
+    augment_max_shift: random shift of up to this many pixels (0: none).
+
+  Returns:
+    (gradients shaped like `params`, {"loss": scalar, "accuracy": scalar}).
+  """
+  shift_rng, dropout_rng = jax.random.split(rng)
+  images = data.random_shift(shift_rng, batch["image"], augment_max_shift)
+  inputs = preprocess(images)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits = apply_fn({"params": params}, inputs, train=True,
+                      rngs={"dropout": dropout_rng})
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return grads, {"loss": loss,
+                 "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def apply_gradients(state: TrainState, grads: Any,
+                    metrics: dict) -> tuple[TrainState, dict]:
+  """The optimizer update, unless anything is not finite; adds grad_norm and finite.
+
+  A step whose loss, gradients or updated state are not finite leaves the state
+  unchanged (the caller stops the run); `finite` in the metrics reports it.
+
+  Args:
+    state: the train state (its step, params and optimizer state are updated).
+    grads: gradients of the mean loss, shaped like `state.params`.
+    metrics: {"loss", "accuracy"} of the batch the gradients came from.
+
+  Returns:
+    (new state, metrics plus "grad_norm" and "finite").
+  """
+  grad_norm = optax.global_norm(grads)
+  new_state = state.apply_gradients(grads=grads)
+  # Finite gradients can still give a non-finite update (e.g. a huge step size).
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+            & _all_finite((new_state.params, new_state.opt_state)))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           new_state, state)
+  return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite}
+
+
+def train_step(state: TrainState, batch: Batch, *, preprocess: Preprocess,
+               label_smoothing: float = 0.0,
+               augment_max_shift: int = 0) -> tuple[TrainState, dict]:
+  """One optimizer step on a batch of uint8 images [batch, 28, 28] and labels.
+
+  The step's key is `fold_in(state.rng, state.step)`: a pure function of the run's
+  seed and the step, so a resumed run draws what an uninterrupted one would.
+  Metrics: loss, accuracy, grad_norm, and `finite` (False: the state was left
+  unchanged because something was not finite; see `apply_gradients`).
+  """
+  grads, metrics = loss_and_gradients(
+      state.params, jax.random.fold_in(state.rng, state.step), batch,
+      apply_fn=state.apply_fn, preprocess=preprocess,
+      label_smoothing=label_smoothing, augment_max_shift=augment_max_shift)
+  return apply_gradients(state, grads, metrics)
+
+
+def eval_step(params: Any, batch: Batch, *, apply_fn: Callable,
+              preprocess: Preprocess) -> dict:
+  """Logits [batch, classes] and per-example loss [batch] for a (padded) batch."""
+  logits = apply_fn({"params": params}, preprocess(batch["image"]), train=False)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {"logits": logits, "loss": loss}

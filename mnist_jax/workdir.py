@@ -1,0 +1,209 @@
+"""A training workdir: the one way to create, check and open one.
+
+    WORKDIR/config.json          the resolved config (same nesting as the ConfigDict)
+    WORKDIR/preprocessing.json   standardisation mean and std, fixed at training time
+    WORKDIR/permutation.npy      the pixel permutation (permuted_pixels only)
+    WORKDIR/metrics.jsonl        one JSON object per logged event (metric_writer.py)
+    WORKDIR/tensorboard/         the same metrics as TensorBoard summaries
+    WORKDIR/checkpoints/<step>/  Orbax checkpoints (checkpoints.py)
+    WORKDIR/eval/                <split>_step<N>_metrics.json, _predictions.csv
+    WORKDIR/report/              figures and report.md (report.py)
+
+`Workdir.create` checks that a workdir being resumed holds the same experiment;
+`Workdir.open` reads one for evaluation, prediction and reports, which need nothing
+else: the model, its preprocessing and its parameters all come from here.
+"""
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax import checkpoints
+from mnist_jax import config as config_lib
+from mnist_jax import data
+from mnist_jax import steps
+from mnist_jax.errors import ConfigError, WorkdirError
+
+# Fields that define what a workdir's checkpoints are; a resumed run must match them.
+# `model` counts without the options of cells other than the chosen one.
+IDENTITY_KEYS = ("seed", "batch_size", "model", "data.name", "data.sequence",
+                 "data.resize", "data.permutation", "data.permutation_seed",
+                 "data.validation_size", "data.standardize")
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes via a temporary file and rename, so a kill never leaves half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def eval_path(workdir: str, split: str, step: int, kind: str) -> str:
+  """WORKDIR/eval/<split>_step<step>_<kind>, kind "metrics.json" or "predictions.csv"."""
+  return os.path.join(workdir, "eval", f"{split}_step{step}_{kind}")
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+  if not isinstance(value, dict):
+    return {prefix: value}
+  out = {}
+  for key, sub in value.items():
+    out.update(_flatten(sub, f"{prefix}.{key}"))
+  return out
+
+
+def identity(config: dict) -> dict[str, Any]:
+  """The identity fields of a config dict, flattened to dotted keys."""
+  out = {}
+  for key in IDENTITY_KEYS:
+    value = config
+    for part in key.split("."):
+      value = value.get(part) if isinstance(value, dict) else None
+    if key == "model":
+      value = dict(value)
+      options = value.pop("options", {})
+      value["options"] = {value["name"]: options.get(value["name"], {})}
+    out.update(_flatten(value, key))
+  return out
+
+
+def differences(old: dict, new: dict) -> list[str]:
+  """'key=old -> new' for every identity field that differs."""
+  a, b = identity(old), identity(new)
+  return [f"{k}={a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
+
+
+def _read_config(path: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as a config (legacy layouts migrated), not yet resolved."""
+  file = os.path.join(path, "config.json")
+  if not os.path.exists(file):
+    raise WorkdirError(f"{path} has no config.json; is it a training workdir?")
+  try:
+    with open(file) as f:
+      return config_lib.from_json(f.read())
+  except (ValueError, ConfigError, OSError) as e:
+    raise WorkdirError(f"{file} cannot be read ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); restore it from "
+                       f"a copy, or train into a new --workdir.") from None
+
+
+class Workdir:
+  """An existing workdir and its resolved config.
+
+  Attributes:
+    path: the folder.
+    config: the run's resolved, locked config.
+  """
+
+  def __init__(self, path: str, config: ml_collections.ConfigDict):
+    self.path, self.config = path, config
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, path: str) -> "Workdir":
+    """Creates `path` for `config` (resolved), or checks that it holds the same run.
+
+    Raises:
+      WorkdirError: `path` is a file or cannot be created, or holds another run
+        (every differing identity field is named).
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise WorkdirError(f"--workdir={path} is a file, not a folder; name a new "
+                         f"folder (it is created).")
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      raise WorkdirError(f"cannot create --workdir={path} ({e.strerror}).") from None
+    if os.path.exists(os.path.join(path, "config.json")):
+      changed = differences(_read_config(path).to_dict(), config.to_dict())
+      if changed:
+        raise WorkdirError(
+            f"{path} holds another run ({'; '.join(changed)}); use a new --workdir, "
+            f"or the config it was trained with.")
+    if jax.process_index() == 0:
+      write_atomic(os.path.join(path, "config.json"), config_lib.to_json(config))
+    return cls(path, config)
+
+  @classmethod
+  def open(cls, path: str) -> "Workdir":
+    """Opens a trained workdir; its config is resolved for this machine.
+
+    Raises:
+      WorkdirError: no such folder, or no readable config.json.
+    """
+    if not os.path.isdir(path):
+      raise WorkdirError(f"workdir {path} does not exist.")
+    config = _read_config(path)
+    if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
+      # Copied from another machine: the data is found as on this one.
+      config.data.manual_dir = None
+    return cls(path, config_lib.resolve(config))
+
+  # -- Preprocessing constants. ------------------------------------------------------
+  def preprocessing(self, compute: Callable[[], data.Preprocessing]
+                    ) -> data.Preprocessing:
+    """The saved constants; computed with `compute()` and saved when there are none.
+
+    Workdirs from before preprocessing.json keep their permutation.npy and compute
+    the mean and std again (which needs the dataset when data.standardize is on).
+    """
+    json_path = os.path.join(self.path, "preprocessing.json")
+    perm_path = os.path.join(self.path, "permutation.npy")
+    saved_perm = np.load(perm_path) if os.path.exists(perm_path) else None
+    if os.path.exists(json_path):
+      with open(json_path) as f:
+        saved = json.load(f)
+      return data.Preprocessing(saved["mean"], saved["std"], saved_perm)
+    computed = compute()
+    if saved_perm is not None:
+      computed = data.Preprocessing(computed.mean, computed.std, saved_perm)
+    if jax.process_index() == 0:
+      if computed.permutation is not None and saved_perm is None:
+        np.save(perm_path, computed.permutation)
+      write_atomic(json_path, json.dumps({"mean": computed.mean, "std": computed.std}))
+    return computed
+
+  def saved_preprocessing(self) -> data.Preprocessing:
+    """The constants, loading the training split only for a legacy standardised run."""
+    def compute():
+      if not self.config.data.standardize:
+        return data.Preprocessing(permutation=data.permutation(self.config.data))
+      return data.preprocessing_for(self.config,
+                                    data.load_splits(self.config)["train"])
+    return self.preprocessing(compute)
+
+  # -- Checkpoints. ------------------------------------------------------------------
+  def checkpoint_store(self, read_only: bool = False) -> checkpoints.CheckpointStore:
+    directory = os.path.join(self.path, "checkpoints")
+    if read_only and not os.path.isdir(directory):
+      raise WorkdirError(f"no checkpoint in {directory}; train first.")
+    return checkpoints.CheckpointStore(directory, keep=self.config.keep_checkpoints,
+                                       read_only=read_only)
+
+  def restore_params(self, which: str | int = "best",
+                     sharding: jax.sharding.Sharding | None = None) -> tuple[int, Any]:
+    """(step, params) of checkpoint `which`: "best", "latest" or a step number.
+
+    Args:
+      which: the checkpoint.
+      sharding: where the parameters go (default: this process's first device).
+
+    Raises:
+      WorkdirError: no such checkpoint, or a damaged one.
+    """
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    store = self.checkpoint_store(read_only=True)
+    try:
+      step = store.resolve_step(which)
+      params = store.restore_params(step, steps.abstract_params(self.config),
+                                    sharding)
+    finally:
+      store.close()
+    return step, params

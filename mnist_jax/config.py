@@ -220,10 +220,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the first invalid field and what would be valid.
   """
-  from mnist_jax import models  # Local import: models depend on nothing here.
-
   _check_known_keys(config)
+  _validate_run(config)
+  _validate_data(config.data)
+  _validate_model(config.model, config.data.name)
+  _validate_optimizer(config.optimizer, config.num_epochs)
 
+
+def _validate_run(config: ml_collections.ConfigDict) -> None:
   _positive(config.num_epochs, "num_epochs")
   _positive(config.batch_size, "batch_size")
   _positive(config.eval_batch_size, "eval_batch_size")
@@ -240,7 +244,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _positive(config[name], name)
   _choice(config.eval_checkpoint, "eval_checkpoint", EVAL_CHECKPOINTS)
 
-  data = config.data
+
+def _validate_data(data: ml_collections.ConfigDict) -> None:
   _choice(data.name, "data.name", DATASETS)
   _choice(data.sequence, "data.sequence", SEQUENCE_MODES)
   _positive(data.validation_size, "data.validation_size", allow_zero=True)
@@ -270,7 +275,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.manual_dir={data.manual_dir!r} is not a folder; "
                       f"point it at the folder holding the dataset's four .gz files.")
 
-  model = config.model
+
+def _validate_model(model: ml_collections.ConfigDict, dataset: str) -> None:
+  from mnist_jax import models  # Local import: models know nothing of the config.
   _choice(model.name, "model.name", tuple(sorted(models.CELLS)))
   _positive(model.hidden_size, "model.hidden_size")
   _positive(model.num_layers, "model.num_layers")
@@ -278,13 +285,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(model.num_classes, "model.num_classes")
   if model.num_classes < 10:  # Both DATASETS have labels 0..9.
     raise ConfigError(f"config.model.num_classes={model.num_classes} is smaller than "
-                      f"the 10 classes of {data.name}.")
+                      f"the 10 classes of {dataset}.")
   if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)
   models.check_options(model.name, model.options[model.name].to_dict())
 
-  opt = config.optimizer
+
+def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None:
   _choice(opt.name, "optimizer.name", OPTIMIZERS)
   _choice(opt.schedule, "optimizer.schedule", SCHEDULES)
   _positive(opt.learning_rate, "optimizer.learning_rate", _NUMBER)
@@ -298,9 +306,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.optimizer.label_smoothing must be in [0, 1).")
   if opt.grad_clip_norm is not None:
     _positive(opt.grad_clip_norm, "optimizer.grad_clip_norm", _NUMBER)
-  if opt.warmup_epochs and opt.warmup_epochs >= config.num_epochs:
+  if opt.warmup_epochs and opt.warmup_epochs >= num_epochs:
     raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be "
-                      f"shorter than num_epochs={config.num_epochs}.")
+                      f"shorter than num_epochs={num_epochs}.")
   if opt.weight_decay and opt.name != "adamw":
     raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
                       "set optimizer.name='adamw' or weight_decay=0.")

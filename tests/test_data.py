@@ -192,3 +192,27 @@ def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_p
   assert datasets._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is None
   assert _digest(data.load_splits(cfg)) == from_tfds
   assert datasets._read_array_cache("mnist", str(tmp_path), ("train_labels",)) is not None
+
+
+@pytest.mark.slow
+def test_first_preparation_shows_one_line_and_leaves_nothing_behind(data_root,
+                                                                    tmp_path):
+  """tfds and TensorFlow print ~80 lines and leave tmp*tfds folders; users see one."""
+  import os
+  import subprocess
+  import sys
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  script = ("from mnist_jax import config as c, data; cfg = c.get_config(); "
+            f"cfg.data.tfds_dir = {str(tmp_path / 'tfds')!r}; "
+            f"cfg.data.manual_dir = {str(data_root / 'mnist')!r}; "
+            "print(len(data.load_splits(c.resolve(cfg))['train']))")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env={**os.environ, "TMPDIR": str(scratch)}, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["55000"]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("Reading mnist with tensorflow-datasets")
+  assert lines[0].rstrip().endswith("s).") and " done (" in lines[0]
+  assert not list(scratch.iterdir())  # tfds' temporary folders went with it.

@@ -9,6 +9,8 @@ from PIL import Image
 from mnist_jax import config as config_lib
 from mnist_jax import evaluate
 from mnist_jax import report
+from mnist_jax import results
+from mnist_jax.errors import WorkdirError
 
 NUM_EVAL = 300  # make_tiny_config's max_eval_examples: the test split's size here.
 
@@ -72,7 +74,7 @@ def test_write_report_makes_figures_and_markdown(tmp_path, tiny_resolved):
 
 def test_learning_curves_are_per_epoch_and_deduplicated(tmp_path, tiny_resolved):
   workdir = _fake_workdir(tmp_path / "run", tiny_resolved, evaluated=False)
-  curves = report.per_epoch(report.read_metrics(str(workdir)))
+  curves = results.per_epoch(results.read_metrics(str(workdir)))
   assert curves["train"]["epoch"] == [1, 2, 3]
   assert curves["validation"]["epoch"] == [1, 2, 3]
   # Epoch 1 holds steps 2 and 4 (epochs 0.5 and 1.0), the duplicate counted once.
@@ -107,7 +109,7 @@ def test_compare_table_and_plot(tmp_path, tiny_resolved):
 
 
 def test_not_a_workdir_is_one_line(tmp_path):
-  with pytest.raises(report.WorkdirError, match="config.json"):
+  with pytest.raises(WorkdirError, match="config.json"):
     report.write_report(str(tmp_path))
 
 
@@ -115,8 +117,8 @@ def test_fashion_mnist_report_names_its_classes(tmp_path, tiny_resolved):
   """Fashion-MNIST's class indices mean nothing to a reader: tables and plots name them."""
   config = config_lib.config_dict.ConfigDict(tiny_resolved.to_dict())
   config.data.name = "fashion_mnist"
-  assert report.class_names(config.to_dict())[9] == "Ankle boot"
-  assert report.class_names(tiny_resolved.to_dict()) == tuple("0123456789")
+  assert results.class_names(config.to_dict())[9] == "Ankle boot"
+  assert results.class_names(tiny_resolved.to_dict()) == tuple("0123456789")
   workdir = _fake_workdir(tmp_path / "run", config)
   images = np.zeros((NUM_EVAL, 28, 28), np.uint8)  # No fashion_mnist needed here.
   paths = report.write_report(str(workdir), images=images)

@@ -1,0 +1,98 @@
+"""The mnist-jax command's answers to bad input: one line, a non-zero exit, no traceback.
+
+Checks that need the whole command (flag parsing, exit status, what reaches stderr) run
+it in a fresh process; the rest call the library in-process.
+"""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from conftest import run_main
+from mnist_jax import evaluate
+from mnist_jax import train
+from mnist_jax.errors import WorkdirError
+from mnist_jax.workdir import Workdir
+
+
+def one_line_error(proc) -> str:
+  """The single `error: ...` line of a failed command (and no traceback)."""
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tfds_dir, data_root):
+  """A tiny trained workdir (6 steps of a 16-unit LSTM)."""
+  from conftest import tiny_config
+  workdir = tmp_path_factory.mktemp("cli") / "run"
+  cfg = tiny_config(tfds_dir, data_root, num_epochs=1)
+  assert train.train(cfg, str(workdir))["completed"]
+  return workdir
+
+
+def test_misspelt_config_path_is_one_line(tmp_path):
+  line = one_line_error(run_main("--config=experiments/seed_lsmt.py",
+                                 f"--workdir={tmp_path / 'w'}"))
+  assert "seed_lsmt.py: no such file" in line and "experiments/" in line
+  assert not (tmp_path / "w").exists()
+
+
+def test_unknown_override_and_stray_arguments_are_one_line(tmp_path):
+  line = one_line_error(run_main("--config=experiments/seed_lstm.py",
+                                 f"--workdir={tmp_path / 'w'}", "--config.num_epoch=1"))
+  assert "num_epoch" in line
+  line = one_line_error(run_main("--mode=eval", f"--workdir={tmp_path}", "extra.png"))
+  assert "only --mode=predict takes files" in line
+  line = one_line_error(run_main("--mode=predict", f"--workdir={tmp_path}"))
+  assert "needs image files" in line
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path, make_tiny_config):
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  with pytest.raises(WorkdirError, match="is a file, not a folder"):
+    train.train(make_tiny_config(), str(path))
+  assert path.read_text() == "mine"
+  line = one_line_error(run_main("--config=experiments/seed_lstm.py",
+                                 f"--workdir={path}"))
+  assert "is a file, not a folder" in line
+
+
+def test_damaged_config_json_is_one_line(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  (workdir / "config.json").write_text('{"seed": 0, "model": {')
+  with pytest.raises(WorkdirError, match=r"config.json cannot be read \(JSONDecodeError"):
+    Workdir.open(str(workdir))
+  line = one_line_error(run_main("--mode=eval", f"--workdir={workdir}"))
+  assert "config.json cannot be read" in line and "new --workdir" in line
+
+
+def test_eval_report_and_predict_restore_quietly(trained, tmp_path):
+  """Read-only restores used to print Orbax warnings that read like a permissions
+  problem; evaluation of another checkpoint must not overwrite the best one's files."""
+  from PIL import Image
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  best = evaluate.evaluate_workdir(str(workdir), "best")
+  best_file = workdir / "eval" / f"test_step{best['checkpoint_step']}_metrics.json"
+  before = best_file.read_text()
+  image = tmp_path / "one.png"
+  digit = Image.new("L", (28, 28), 0)
+  digit.paste(255, (12, 4, 16, 24))
+  digit.save(image)
+  for args in (["--mode=eval", "--checkpoint=latest", "--split=validation"],
+               ["--mode=report"], ["--mode=predict", str(image)]):
+    proc = run_main(*args, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [l for l in proc.stderr.splitlines() if re.match(r"W\d{4} ", l)]
+    assert not warnings and "read only" not in proc.stderr, (args, warnings)
+  assert best_file.read_text() == before
+  assert json.loads((workdir / "eval" / "validation_step6_metrics.json").read_text())[
+      "checkpoint_step"] == 6

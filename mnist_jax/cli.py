@@ -42,6 +42,11 @@ def flags_parser(doc: str) -> Callable[[list[str]], list[str]]:
   return parse
 
 
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The --config.KEY=VALUE arguments of a command line, to pass on unchanged."""
+  return [a for a in argv[1:] if a.startswith("--config.")]
+
+
 def _check_config_path(args: Sequence[str]) -> None:
   """Exits with one line if --config names a file that does not exist."""
   for i, arg in enumerate(args):
@@ -77,12 +82,23 @@ def use_compilation_cache(folder: str) -> None:
   jax.config.update("jax_compilation_cache_max_size", 2**30)  # LRU-evicted beyond.
 
 
+def _ignore_closed_event_loops(unraisable) -> None:
+  """Orbax's background reads can outlive its event loop after a failed restore and
+  print "Exception ignored ... Event loop is closed" tracebacks over the one-line
+  error that already explains the failure; everything else is reported as usual."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def setup(compilation_cache: str, cpu_devices: int | None,
           coordinator_address: str | None, num_processes: int | None,
           process_id: int | None) -> None:
   """Compilation cache, then several processes or several CPU devices, before JAX
   starts any backend."""
   from mnist_jax import distributed, hugepages
+  sys.unraisablehook = _ignore_closed_event_loops
   line = hugepages.announcement()
   if line:
     logging.info(line)

@@ -205,7 +205,8 @@ def _dotted_keys(values: dict, prefix: str = "") -> set[str]:
 
 def _check_known_keys(config: ml_collections.ConfigDict) -> None:
   """An experiment file can add keys to the unlocked base config: refuse them."""
-  unknown = sorted(_dotted_keys(config.to_dict()) - _dotted_keys(get_config().to_dict()))
+  known = _dotted_keys(get_config().to_dict())
+  unknown = sorted(_dotted_keys(config.to_dict()) - known)
   if unknown:
     legacy = [k for k in unknown if k.split(".")[-1] in _LEGACY_MODEL_KEYS]
     hint = (" (cell settings now live in model.options.<cell>, e.g. "

@@ -34,12 +34,21 @@ class Split:
   Attributes:
     images: uint8 [num_examples, 28, 28].
     labels: int32 [num_examples].
+    source_index: int32 [num_examples], each image's position in the official IDX
+      file it came from (train-images for train and validation, t10k-images for
+      test); -1 where unknown. None: not recorded.
   """
   images: np.ndarray
   labels: np.ndarray
+  source_index: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def rows(self, part: slice) -> "Split":
+    """The examples in `part`, every array sliced alike."""
+    return Split(self.images[part], self.labels[part],
+                 None if self.source_index is None else self.source_index[part])
 
 
 def load_splits(config) -> dict[str, Split]:
@@ -55,23 +64,25 @@ def load_splits(config) -> dict[str, Split]:
     DataError, ConfigError: bad files, or split sizes that do not fit the dataset.
   """
   arrays = datasets.read_arrays(config.data)
-  full_train = Split(arrays["train_images"], arrays["train_labels"])
+  full_train = Split(arrays["train_images"], arrays["train_labels"],
+                     arrays["train_source_index"])
   val_size = config.data.validation_size
   if val_size >= len(full_train):
     raise ConfigError(f"config.data.validation_size={val_size} must be smaller than "
                       f"{config.data.name}'s {len(full_train)} training examples.")
   splits = {
-      "validation": Split(full_train.images[:val_size], full_train.labels[:val_size]),
-      "train": Split(full_train.images[val_size:], full_train.labels[val_size:]),
-      "test": Split(arrays["test_images"], arrays["test_labels"]),
+      "validation": full_train.rows(slice(None, val_size)),
+      "train": full_train.rows(slice(val_size, None)),
+      "test": Split(arrays["test_images"], arrays["test_labels"],
+                    arrays["test_source_index"]),
   }
   if config.max_train_examples:
     n = config.max_train_examples
-    splits["train"] = Split(splits["train"].images[:n], splits["train"].labels[:n])
+    splits["train"] = splits["train"].rows(slice(None, n))
   if config.max_eval_examples:
     n = config.max_eval_examples
     for name in ("validation", "test"):
-      splits[name] = Split(splits[name].images[:n], splits[name].labels[:n])
+      splits[name] = splits[name].rows(slice(None, n))
   if config.batch_size > len(splits["train"]):
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
                       f"{len(splits['train'])} training examples; lower it.")

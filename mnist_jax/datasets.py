@@ -12,6 +12,7 @@
 
 import contextlib
 import functools
+import glob
 import gzip
 import hashlib
 import os
@@ -164,9 +165,11 @@ def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
 # does not load or lacks an array. It is written to a temporary file, synced and
 # renamed, so a killed run (or a crash) never leaves half a file under its name.
 _ARRAY_CACHE = "mnist_jax_arrays.npz"
-_ARRAY_CACHE_FORMAT = 1
+_ARRAY_CACHE_FORMAT = 2  # 2: with each image's position in the official files.
 _SPLIT_ARRAYS = {"train_images": np.uint8, "train_labels": np.int32,
-                 "test_images": np.uint8, "test_labels": np.int32}
+                 "train_source_index": np.int32,
+                 "test_images": np.uint8, "test_labels": np.int32,
+                 "test_source_index": np.int32}
 
 
 def _tfds_dataset_root(name: str, tfds_dir: str | None) -> str | None:
@@ -208,7 +211,9 @@ def _read_array_cache(name: str, tfds_dir: str | None,
   if "train_images" in arrays and (
       arrays["train_images"].shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)
       or len(arrays["train_images"]) != len(arrays["train_labels"])
-      or len(arrays["test_images"]) != len(arrays["test_labels"])):
+      or len(arrays["test_images"]) != len(arrays["test_labels"])
+      or len(arrays["train_source_index"]) != len(arrays["train_labels"])
+      or len(arrays["test_source_index"]) != len(arrays["test_labels"])):
     return None
   if _dataset_info_sha256(os.path.join(root, version)) != digest:
     return None  # Prepared again or removed since: not this data any more.
@@ -295,8 +300,8 @@ def read_arrays(data_config) -> dict[str, np.ndarray]:
                              keys=tuple(_SPLIT_ARRAYS))
   if cached is not None:
     return cached
-  with _quietly(f"Reading {data_config.name} with tensorflow-datasets (preparing it "
-                f"the first time; later runs load a cached copy)"):
+  with _quietly(f"Reading {data_config.name} with tensorflow-datasets (prepared "
+                f"once; later runs load a cached copy)"):
     builder = prepare(data_config)
     tfds = _tfds()
     arrays = {}
@@ -305,5 +310,53 @@ def read_arrays(data_config) -> dict[str, np.ndarray]:
       arrays[f"{split}_images"] = np.asarray(loaded["image"], np.uint8).reshape(
           -1, IMAGE_SIZE, IMAGE_SIZE)
       arrays[f"{split}_labels"] = np.asarray(loaded["label"], np.int32)
+      arrays[f"{split}_source_index"] = source_index(
+          arrays[f"{split}_images"], arrays[f"{split}_labels"],
+          _official_files(builder, data_config, split))
     _write_array_cache(builder, arrays)
   return arrays
+
+
+_OFFICIAL_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def _official_files(builder, data_config, split: str) -> tuple[str, str] | None:
+  """(images, labels) .gz files of `split` in the manual folder or tfds' downloads."""
+  prefix = _OFFICIAL_PREFIX[split]
+  folders = [data_config.manual_dir,
+             os.path.join(builder.data_dir_root, "downloads", data_config.name)]
+  for folder in filter(None, folders):
+    images = glob.glob(os.path.join(folder, f"*{prefix}-images*idx3*.gz"))
+    labels = glob.glob(os.path.join(folder, f"*{prefix}-labels*idx1*.gz"))
+    if len(images) == 1 and len(labels) == 1:
+      return images[0], labels[0]
+  return None
+
+
+def source_index(images: np.ndarray, labels: np.ndarray,
+                 files: tuple[str, str] | None) -> np.ndarray:
+  """Each image's position in the official IDX files (-1 where unknown).
+
+  tfds stores examples in its own order, so its position i is not the i-th image of
+  `t10k-images-idx3-ubyte.gz`. Identical (image, label) pairs are matched in order.
+
+  Args:
+    images: uint8 [n, 28, 28] in tfds' order; labels: [n].
+    files: the official (images, labels) .gz files, or None.
+  """
+  out = np.full(len(labels), -1, np.int32)
+  if files is None:
+    return out
+  with gzip.open(files[0], "rb") as f:
+    official = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, IMAGE_SIZE,
+                                                                    IMAGE_SIZE)
+  with gzip.open(files[1], "rb") as f:
+    official_labels = np.frombuffer(f.read(), np.uint8, offset=8)
+  positions: dict[tuple[int, bytes], list[int]] = {}
+  for i in range(len(official_labels) - 1, -1, -1):  # Popped from the end: in order.
+    positions.setdefault((int(official_labels[i]), official[i].tobytes()), []).append(i)
+  for j in range(len(labels)):
+    found = positions.get((int(labels[j]), images[j].tobytes()))
+    if found:
+      out[j] = found.pop()
+  return out

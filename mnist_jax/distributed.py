@@ -2,8 +2,9 @@
 
 JAX runs one Python process per host (or per GPU, as a launcher chooses); after
 `jax.distributed.initialize` every process sees all devices of the job, and
-`train.Placement` lays one `data` mesh over them. Each process feeds its own rows of
-every global batch (`data.process_slice`), so `config.batch_size` is the global batch.
+`parallel.MeshPlacement` lays one `data` mesh over them. Each process feeds its own
+rows of every global batch (`data.process_slice`), so `config.batch_size` is the
+global batch.
 
 `initialize` must run before anything touches a JAX device. It decides, in order:
 
@@ -135,7 +136,7 @@ MAX_AUTO_CPU_DEVICES = 8  # Only 2 were measured (this CPU); more is a guess, ca
 def set_cpu_devices(count: int | None) -> int | None:
   """Gives this (single) process's JAX CPU client `count` devices; before any JAX use.
 
-  With several CPU devices, `train.CpuReplicas` splits each batch across them so that
+  With several CPU devices, `parallel.CpuReplicas` splits each batch across them so that
   every core computes gradients (XLA runs these models' small matmuls on one core).
   It only concerns the CPU client: on a GPU or TPU the model runs there as before.
 

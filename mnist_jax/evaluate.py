@@ -9,7 +9,8 @@ other,
                                                   weighted precision, recall, F1,
                                                   confusion matrix, num_examples,
                                                   checkpoint_step
-    WORKDIR/eval/<split>_step<N>_predictions.csv  index,label,predicted,prob_0..prob_9
+    WORKDIR/eval/<split>_step<N>_predictions.csv  index,source_index,label,predicted,
+                                                  prob_0..prob_9
 """
 
 import csv
@@ -94,19 +95,29 @@ def format_table(metrics: dict, title: str) -> str:
 
 
 def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
-                  probabilities: np.ndarray) -> tuple[str, str]:
-  """Writes the metrics JSON and predictions CSV of `metrics["checkpoint_step"]`."""
+                  probabilities: np.ndarray,
+                  source_index: np.ndarray | None = None) -> tuple[str, str]:
+  """Writes the metrics JSON and predictions CSV of `metrics["checkpoint_step"]`.
+
+  CSV columns: index (row in mnist_jax's split), source_index (position in the
+  official IDX file, to join with other tools; -1 if unknown), label, predicted,
+  prob_0.. .
+  """
+  if source_index is None:
+    source_index = np.full(len(labels), -1)
   step = metrics["checkpoint_step"]
   metrics_path = eval_path(workdir, split, step, "metrics.json")
   csv_path = eval_path(workdir, split, step, "predictions.csv")
   os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(["index", "label", "predicted"] +
+  writer.writerow(["index", "source_index", "label", "predicted"] +
                   [f"prob_{c}" for c in range(probabilities.shape[1])])
   predicted = probabilities.argmax(-1)
-  for i, (label, pred, probs) in enumerate(zip(labels, predicted, probabilities)):
-    writer.writerow([i, int(label), int(pred)] + [f"{p:.6g}" for p in probs])
+  for i, (source, label, pred, probs) in enumerate(zip(source_index, labels, predicted,
+                                                       probabilities)):
+    writer.writerow([i, int(source), int(label), int(pred)] +
+                    [f"{p:.6g}" for p in probs])
   write_atomic(csv_path, buf.getvalue())
   write_atomic(metrics_path, json.dumps(metrics, indent=2))
   return metrics_path, csv_path
@@ -152,7 +163,8 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
                   "split": split, "dataset": config.data.name,
                   "model": config.model.name})
   if jax.process_index() == 0:
-    metrics_path, _ = write_results(workdir, split, metrics, labels, probabilities)
+    metrics_path, _ = write_results(workdir, split, metrics, labels, probabilities,
+                                    splits[split].source_index)
     print(format_table(metrics, f"{config.data.name} {split} | {config.model.name} | "
                                 f"{workdir}"))
     logging.info("Wrote %s", metrics_path)

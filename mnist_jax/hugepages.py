@@ -23,7 +23,8 @@ _TUNABLE = "glibc.malloc.hugetlb=1"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 ANNOUNCE = "MNIST_JAX_HUGE_PAGES_RELAUNCHED"  # Set for the relaunched process.
 _ACCELERATORS = (  # (a JAX plugin module, device files that show its hardware is here)
-    ("jax_cuda12_plugin", "/dev/nvidia[0-9]*"), ("jax_cuda13_plugin", "/dev/nvidia[0-9]*"),
+    ("jax_cuda12_plugin", "/dev/nvidia[0-9]*"),
+    ("jax_cuda13_plugin", "/dev/nvidia[0-9]*"),
     ("jax_rocm60_plugin", "/dev/kfd"), ("jax_rocm7_plugin", "/dev/kfd"),
     ("libtpu", "/dev/accel*"), ("libtpu", "/dev/vfio/[0-9]*"))
 

@@ -1,7 +1,7 @@
 """mnist-jax: train and evaluate recurrent networks on MNIST read as sequences.
 
     mnist-jax --config=experiments/seed_lstm.py --workdir=runs/seed_lstm
-    mnist-jax --mode=eval --workdir=runs/seed_lstm --checkpoint=latest --split=validation
+    mnist-jax --mode=eval --workdir=runs/seed_lstm --checkpoint=latest
     mnist-jax --mode=report --workdir=runs/seed_lstm
     mnist-jax --mode=predict --workdir=runs/seed_lstm digit.png [more.png ...]
 

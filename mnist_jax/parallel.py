@@ -42,7 +42,7 @@ class TrainStep(abc.ABC):
 
 
 class EvalStep(abc.ABC):
-  """(params, placed batch) -> outputs still on the devices; `fetch` brings them home."""
+  """(params, placed batch) -> outputs on the devices; `fetch` brings them home."""
 
   @abc.abstractmethod
   def __call__(self, params: Any, batch: Any) -> Any:

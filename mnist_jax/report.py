@@ -218,9 +218,9 @@ def write_report(workdir: str, split: str | None = None,
   metrics = None if step is None else read_eval(workdir, split, step)
   if metrics is None:
     which = "" if step is None else f" --checkpoint={step}"
-    md += [f"No evaluation of the {split} split{'' if step is None else f' at step {step}'}"
-           f": run `--mode=eval --split={split}{which}` for the metrics, confusion "
-           f"matrix and errors.", ""]
+    at = "" if step is None else f" at step {step}"
+    md += [f"No evaluation of the {split} split{at}: run `--mode=eval --split={split}"
+           f"{which}` for the metrics, confusion matrix and errors.", ""]
   else:
     md += _evaluation_section(workdir, split, step, metrics, out_dir,
                               class_names(config), images, paths)

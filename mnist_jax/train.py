@@ -22,6 +22,7 @@ from mnist_jax import parallel
 from mnist_jax import steps
 from mnist_jax.errors import NonFiniteError
 from mnist_jax.metric_writer import MetricWriter, Progress
+from mnist_jax.provenance import RunInfo
 from mnist_jax.workdir import Workdir
 
 
@@ -108,7 +109,7 @@ class _Run:
     self.writer = MetricWriter(workdir)
 
   def flush(self, step: int, pending: list, progress: Progress) -> None:
-    """Fetches pending step metrics, logs them; stops the run if a step was not finite."""
+    """Fetches and logs pending step metrics; stops the run if a step was not finite."""
     if not pending:
       return
     fetched = jax.device_get(pending)
@@ -131,18 +132,24 @@ class _Run:
                  100 * means["accuracy"], f"{rate:,.0f}", eta)
     pending.clear()
 
-  def validate(self, step: int, track_best: bool = True) -> dict | None:
-    """Validation accuracy and loss (None without a validation split); logged.
-
-    With `track_best`, also the early-stopping history (best accuracy, epochs since).
-    """
+  def validation_metrics(self) -> dict | None:
+    """{"accuracy", "loss"} over every validation example (None: no such split)."""
     split = self.splits["validation"]
     if not len(split):
       return None
     logits, losses = parallel.predict(self.placement, self.eval_step, self.state.params,
                                       split, self.config.eval_batch_size)
-    metrics = {"accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
-               "loss": float(losses.mean())}
+    return {"accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
+            "loss": float(losses.mean())}
+
+  def validate(self, step: int, track_best: bool = True) -> dict | None:
+    """Validation accuracy and loss (None without a validation split); logged.
+
+    With `track_best`, also the early-stopping history (best accuracy, epochs since).
+    """
+    metrics = self.validation_metrics()
+    if metrics is None:
+      return None
     self.writer.write(step, "validation", metrics, epoch=step / self.spe)
     logging.info("epoch %d validation: accuracy %.2f%%, loss %.4f", step // self.spe,
                  100 * metrics["accuracy"], metrics["loss"])
@@ -173,12 +180,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     {"completed": bool, "step": int, "stopped_by": signal name or None,
-     "best_step": int | None, "val_accuracy": float | None}.
+     "best_step": int | None, "val_accuracy": float | None,
+     "run_info": the session's `provenance.RunInfo`}.
 
   Raises:
     UserError subclasses for bad config, data, workdir or non-finite training.
   """
   run = _Run(config_lib.resolve(config), workdir)
+  run_info = RunInfo(workdir, run.placement.describe())
   config, spe = run.config, run.spe
   start_step = int(jax.device_get(run.state.step))
   total_steps = spe * config.num_epochs
@@ -189,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = start_step
   progress = Progress(start_step, total_steps, config.batch_size)
   pending = []  # Device metrics since the last flush (no per-step host sync).
-  stopped_by, step = None, start_step
+  stopped_by, step, status = None, start_step, "failed"
   try:
     with StopSignal() as stop:
       for batch in data.train_batches(run.splits["train"], run.order, start_step,
@@ -210,7 +219,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             break
         elif stopping:
           run.save(step, force=True)
-        elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        elif (config.checkpoint_every_steps
+              and step % config.checkpoint_every_steps == 0):
           run.flush(step, pending, progress)
           run.save(step)
         if stopping:
@@ -219,14 +229,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         run.flush(step, pending, progress)
       if step == start_step and run.store.latest_step() is None:
-        run.save(step, run.validate(step, track_best=False))  # Zero-step run: still leave a checkpoint.
+        # A zero-step run still leaves a checkpoint to evaluate.
+        run.save(step, run.validate(step, track_best=False))
+    run.store.wait()  # Surfaces async save errors before the run counts as ended.
+    status = "stopped" if stopped_by else "completed"
   finally:
     progress.close()
     run.writer.close()
     run.store.wait()  # Surfaces async save errors, even when leaving on an exception.
+    run_info.end(status, step)
   result = {"completed": stopped_by is None, "step": step, "stopped_by": stopped_by,
             "best_step": run.store.best_step(),
-            "val_accuracy": run.history["best_val_accuracy"]}
+            "val_accuracy": run.history["best_val_accuracy"], "run_info": run_info}
   run.store.close()
   return result
 
@@ -245,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     return None
   metrics = evaluate.evaluate_workdir(workdir, checkpoint=config.eval_checkpoint,
                                       split="test")
+  result["run_info"].record_test(metrics)
   if jax.process_index() == 0:
     from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
     try:

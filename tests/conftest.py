@@ -71,6 +71,16 @@ def make_tiny_config(tfds_dir, data_root):
   return lambda **overrides: tiny_config(tfds_dir, data_root, **overrides)
 
 
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+  """The single `error: ...` line of a failed command; no traceback before it."""
+  assert proc.returncode != 0
+  lines = proc.stderr.splitlines()
+  errors = [i for i, l in enumerate(lines) if l.startswith("error: ")]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert "Traceback" not in "\n".join(lines[:errors[0]]), proc.stderr[-2000:]
+  return lines[errors[0]]
+
+
 def run_main(*args: str, env: dict | None = None, timeout: float = 600
              ) -> subprocess.CompletedProcess:
   """Runs `python -m mnist_jax.main ARGS` in a fresh process."""

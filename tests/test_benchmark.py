@@ -34,10 +34,11 @@ def _positive_finite(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [{"name": "lstm"},
                                    {"name": "gru", "bidirectional": True},
-                                   {"name": "simple_rnn", "options.simple_rnn.activation": "relu",
-                                    "num_layers": 2}])
+                                   {"name": "simple_rnn", "num_layers": 2,
+                                    "options.simple_rnn.activation": "relu"}])
 def test_measure_reports_positive_finite_numbers(bench, model):
   peak = bench.matmul_gflops(64, 32, 32, iterations=10)
   assert _positive_finite(peak)

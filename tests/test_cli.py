@@ -10,20 +10,11 @@ import shutil
 
 import pytest
 
-from conftest import run_main
+from conftest import one_line_error, run_main
 from mnist_jax import evaluate
 from mnist_jax import train
 from mnist_jax.errors import WorkdirError
 from mnist_jax.workdir import Workdir
-
-
-def one_line_error(proc) -> str:
-  """The single `error: ...` line of a failed command (and no traceback)."""
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 1, proc.stderr[-2000:]
-  return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +34,23 @@ def test_misspelt_config_path_is_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_unknown_override_and_stray_arguments_are_one_line(tmp_path):
+@pytest.mark.parametrize("override,phrase", [
+    ("--config.optimizer.learning_rate=inf", "config.optimizer.learning_rate=inf"),
+    ("--config.model.name=transformer", "model.name='transformer' is not valid; "
+     "choose one of"),
+    ("--config.batch_sise=10", "names no config field: 'batch_sise' Did you mean"),
+])
+def test_bad_config_on_the_command_line_is_one_line_and_writes_nothing(
+    tmp_path, override, phrase):
+  """Validation (the first two) and flag parsing (the third) both answer in one line."""
+  workdir = tmp_path / "w"
   line = one_line_error(run_main("--config=experiments/seed_lstm.py",
-                                 f"--workdir={tmp_path / 'w'}", "--config.num_epoch=1"))
-  assert "num_epoch" in line
+                                 f"--workdir={workdir}", override))
+  assert phrase in line
+  assert not workdir.exists()
+
+
+def test_stray_arguments_are_one_line(tmp_path):
   line = one_line_error(run_main("--mode=eval", f"--workdir={tmp_path}", "extra.png"))
   assert "only --mode=predict takes files" in line
   line = one_line_error(run_main("--mode=predict", f"--workdir={tmp_path}"))

@@ -147,6 +147,7 @@ def _digest(splits) -> str:
   return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_array_cache_equals_tfds_and_skips_tensorflow(tfds_dir, data_root, tmp_path):
   import os
   import shutil

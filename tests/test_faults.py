@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, run_main, tiny_config
+from conftest import REPO, one_line_error, run_main, tiny_config
 from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import data
@@ -43,7 +43,7 @@ from mnist_jax.errors import (ConfigError, DataError, NonFiniteError,
                               WorkdirError)
 from mnist_jax.workdir import Workdir
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 # The run every test starts from: 8 steps an epoch, epochs end at steps 8 and 16,
 # checkpoints at 3, 6, 8, 9, 12, 15, 16 (the latest 3 plus the best are kept).
@@ -165,14 +165,6 @@ def _snapshot(root) -> dict[str, str]:
   root = pathlib.Path(root)
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 1, proc.stderr[-3000:]
-  return errors[0]
 
 
 def _logged_steps(metrics_path: pathlib.Path, offset: int) -> list[int]:
@@ -505,9 +497,9 @@ def test_damaged_checkpoint_via_cli_and_on_resume(reference, tmp_path, tfds_dir,
   lines = proc.stderr.splitlines()
   errors = [i for i, l in enumerate(lines) if l.startswith("error: ")]
   assert len(errors) == 1 and f"step {TOTAL_STEPS}" in lines[errors[0]]
-  # Known, left alone: TensorStore callbacks of the failed read may print "Exception
-  # ignored ... Event loop is closed" while the interpreter exits, after the error.
-  assert "Traceback" not in "\n".join(lines[:errors[0]])
+  # Orbax's background reads of the failed restore may outlive its event loop; the
+  # command hides their "Event loop is closed" tracebacks (cli.py).
+  assert "Traceback" not in proc.stderr
   # Training refuses to resume from it rather than crashing or starting over.
   before = _snapshot(workdir / "checkpoints")
   with pytest.raises(WorkdirError, match=f"step {TOTAL_STEPS}"):
@@ -576,7 +568,7 @@ def test_bad_data_file_via_cli(tmp_path, data_root):
   proc = run_main("--config=experiments/seed_lstm.py", f"--workdir={tmp_path / 'w'}",
                   f"--config.data.manual_dir={manual}",
                   f"--config.data.tfds_dir={tmp_path / 'fresh_tfds'}")
-  line = _one_line_error(proc)
+  line = one_line_error(proc)
   assert "train-labels-idx1-ubyte.gz" in line and "SHA-256" in line
 
 
@@ -727,20 +719,6 @@ def test_swept_fields_exist():
         yield f"{prefix}{k}"
 
   assert set(INVALID) <= set(leaves(config_lib.get_config().to_dict()))
-
-
-@pytest.mark.parametrize("override,phrase", [
-    ("--config.seed=-1", "config.seed=-1"),
-    ("--config.optimizer.learning_rate=inf", "config.optimizer.learning_rate=inf"),
-    ("--config.batch_sise=10", "batch_sise"),
-])
-def test_cli_rejects_bad_config_in_one_line_and_writes_nothing(
-    tmp_path, tfds_dir, data_root, override, phrase):
-  workdir = tmp_path / "w"
-  proc = run_main(*_cli_args(workdir, tfds_dir, data_root, override))
-  line = _one_line_error(proc)
-  assert phrase in line
-  assert not workdir.exists()
 
 
 # ----------------------------------------------------------------------------------

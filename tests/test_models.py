@@ -252,3 +252,26 @@ def test_registry_names_match_config_choices():
     cfg.model.name = name
     config_lib.validate(cfg)
     assert issubclass(models.CELLS[name], (models.RecurrentCell, nn.Module))
+
+
+# Each registered cell's forward pass, checked against its paper's equations written
+# out in NumPy (the scan-versus-loop test above cannot catch a wrong equation: both
+# sides run the cell's own `recurrence`). A new cell adds its test here.
+EQUATION_TESTS = {
+    "simple_rnn": "test_models.py::test_simple_rnn_activation",
+    "lstm": "test_models.py::test_lstm_matches_textbook_equations",
+    "layernorm_lstm": "test_models.py::test_layernorm_lstm_matches_its_equations",
+    "gru": "test_models.py::test_gru_matches_pytorch_style_equations",
+    "irnn": "test_models_research.py::test_irnn_matches_loop_and_starts_at_scaled_identity",
+    "indrnn": "test_models_research.py::"
+              "test_indrnn_matches_loop_with_clipped_diagonal_recurrence",
+    "lru": "test_models_research.py::test_lru_block_matches_reference",
+}
+
+
+def test_every_registered_cell_has_an_equation_test():
+  import importlib
+  assert set(models.CELLS) == set(EQUATION_TESTS)
+  for target in EQUATION_TESTS.values():
+    module, name = target.split("::")
+    assert hasattr(importlib.import_module(module[:-3]), name), target

@@ -121,6 +121,7 @@ def test_lru_ring_init_and_gamma_normalisation():
   assert p["D"].shape == (HIDDEN,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lru_parallel_and_sequential_scans_agree_on_long_sequences(reverse):
   """Values and gradients, 256 steps with eigenvalues close to the unit circle."""

@@ -195,3 +195,65 @@ def test_early_stopping_stops_and_a_rerun_does_not_train_on(make_tiny_config, tm
   more_patience = make_tiny_config(num_epochs=5, early_stopping_patience=3,
                                    **{"optimizer.learning_rate": 1e-12})
   assert train.train(more_patience, workdir)["step"] == 24  # Raised: trains on.
+
+
+def test_the_best_checkpoint_is_kept_and_evaluated(make_tiny_config, tmp_path,
+                                                   monkeypatch):
+  """Validation accuracy peaks at epoch 2 of 4; only the latest checkpoint is kept
+  besides the best, so the best survives only if it is kept as the best, and the
+  final test evaluation must use it, not the latest."""
+  scripted = iter([0.5, 0.9, 0.7, 0.6])
+  monkeypatch.setattr(train._Run, "validation_metrics",
+                      lambda self: {"accuracy": next(scripted), "loss": 1.0})
+  cfg = make_tiny_config(num_epochs=4, keep_checkpoints=1)  # 6 steps an epoch.
+  workdir = tmp_path / "run"
+  metrics = train.train_and_evaluate(cfg, str(workdir))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [12, 24]
+  assert metrics["checkpoint_step"] == 12
+  assert [p.name for p in (workdir / "eval").glob("test_step*_metrics.json")] == [
+      "test_step12_metrics.json"]
+  from mnist_jax.workdir import Workdir
+  assert Workdir.open(str(workdir)).restore_params("best")[0] == 12
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+  cfg, state, batch = _state_and_batch()
+  preprocess = data.make_preprocess(cfg.data)
+  _, metrics = steps.loss_and_gradients(
+      state.params, jax.random.PRNGKey(0), batch, apply_fn=state.apply_fn,
+      preprocess=preprocess, label_smoothing=0.2)
+  logits = np.asarray(state.apply_fn({"params": state.params},
+                                     preprocess(batch["image"])), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = 0.8 * np.eye(10)[np.asarray(batch["label"])] + 0.2 / 10
+  expected = -(targets * log_probs).sum(-1).mean()
+  np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+
+
+def test_gradient_clipping_scales_the_update_to_the_norm():
+  opt = config_lib.get_config().optimizer
+  opt.name, opt.momentum, opt.learning_rate, opt.grad_clip_norm = "sgd", 0.0, 1.0, 1.0
+  tx = steps.create_optimizer(opt, steps_per_epoch=10, num_epochs=1)
+  params = {"w": jnp.zeros(2)}
+  big = {"w": jnp.array([3.0, 4.0])}  # Norm 5: scaled down to norm 1.
+  updates, _ = tx.update(big, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.6, -0.8], rtol=1e-6)
+  small = {"w": jnp.array([0.3, 0.4])}  # Norm 0.5: left alone.
+  updates, _ = tx.update(small, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.3, -0.4], rtol=1e-6)
+
+
+def test_a_second_signal_stops_at_once():
+  import os
+  import signal
+  import time
+  before = signal.getsignal(signal.SIGTERM)
+  with train.StopSignal() as stop:
+    assert stop.decision(1, epoch_end=False) is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # The handler runs in the main thread between bytecodes.
+    assert stop.decision(2, epoch_end=False) == "SIGTERM"  # First: stop after a step.
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # Second: now.
+      time.sleep(1)
+  assert signal.getsignal(signal.SIGTERM) is before  # Handlers restored.

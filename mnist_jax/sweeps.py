@@ -1,0 +1,297 @@
+"""Sweeps: the cartesian product of a few settings, every run in its own workdir.
+
+`grid(axes)` expands {"seed": ["0", "1"], "model.hidden_size": ["64", "128"]} into
+runs; `Sweep.run()` trains them N at a time, each as its own `mnist_jax.main`
+process (so a crash stays in its run), pinned to a CPU core or given one GPU. Running
+the same sweep again skips finished runs and resumes interrupted ones (each run's own
+resume). `summary.py` turns the finished runs into tables and plots.
+
+    SWEEP_DIR/<key=value+key=value>/   one training workdir per run
+    SWEEP_DIR/<run>/sweep.log          that run's output
+    SWEEP_DIR/sweep.json               the sweep: config file, overrides, axes, runs
+"""
+
+import dataclasses
+import glob
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from mnist_jax.errors import UserError
+from mnist_jax.workdir import write_atomic
+
+Axes = dict[str, list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One point of the grid: its overrides, as given on the command line."""
+  overrides: tuple[tuple[str, str], ...]
+
+  @property
+  def name(self) -> str:
+    """The workdir name: `key=value` joined by `+`, keys in sweep order."""
+    return "+".join(f"{k}={re.sub(r'[^A-Za-z0-9._=-]', '_', v)}"
+                    for k, v in self.overrides)
+
+  @property
+  def setting(self) -> str:
+    """The name without the seed: runs that differ only in seed share a setting."""
+    return "+".join(f"{k}={v}" for k, v in self.overrides if k != "seed") or "base"
+
+  def flags(self) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in self.overrides]
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+  """'model.hidden_size=64,128' -> ('model.hidden_size', ['64', '128'])."""
+  key, sep, values = text.partition("=")
+  items = [v.strip() for v in values.split(",")] if sep else []
+  if not key.strip() or not items or not all(items):
+    raise UserError(f"--sweep={text!r} must look like KEY=VALUE,VALUE,... (e.g. "
+                    f"--sweep=seed=0,1,2).")
+  return key.strip(), items
+
+
+def grid(axes: Axes) -> list[Run]:
+  """Every combination of the axes' values, the first axis varying slowest."""
+  keys = list(axes)
+  return [Run(tuple(zip(keys, values)))
+          for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def finished(workdir: str) -> bool:
+  """A run that completed training and its test evaluation (see provenance.py)."""
+  path = os.path.join(workdir, "run_info.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    info = json.load(f)
+  return info.get("status") == "completed" and info.get("test") is not None
+
+
+def slots(parallel: int | None) -> list[dict[str, str]]:
+  """What each concurrent run gets: a CPU core (`"cpu"`) or a GPU (`"gpu"`).
+
+  One run per GPU where there are GPUs, else one per CPU core this process may use,
+  each run with one CPU device. On a TPU pod slice every run needs the whole slice:
+  run sweeps there with --parallel=1.
+  """
+  gpus = sorted(glob.glob("/dev/nvidia[0-9]*"))
+  if gpus and os.environ.get("JAX_PLATFORMS", "") in ("", "cuda", "gpu"):
+    found = [{"gpu": str(i)} for i in range(len(gpus))]
+  else:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    found = [{"cpu": str(c)} for c in cores] or [{}]
+  count = parallel or len(found)
+  return [found[i % len(found)] for i in range(count)]
+
+
+class Sweep:
+  """Runs a grid of `mnist_jax.main` trainings, `len(slots)` at a time."""
+
+  def __init__(self, config_path: str, sweep_dir: str, runs: Sequence[Run],
+               common: Sequence[str], slots_: Sequence[dict[str, str]],
+               report_every_s: float = 30.0):
+    self.config_path, self.dir, self.runs = config_path, sweep_dir, list(runs)
+    self.common, self.slots = list(common), list(slots_)
+    self.report_every_s = report_every_s
+    self.state = {r.name: "pending" for r in self.runs}
+    self._procs: dict[str, tuple[subprocess.Popen, dict]] = {}
+    self._stop = None
+
+  def workdir(self, run: Run) -> str:
+    return os.path.join(self.dir, run.name)
+
+  def command(self, run: Run) -> list[str]:
+    return [sys.executable, "-m", "mnist_jax.main", f"--config={self.config_path}",
+            f"--workdir={self.workdir(run)}", *self.common, *run.flags(),
+            "--cpu_devices=1"]
+
+  def _start(self, run: Run, slot: dict[str, str]) -> None:
+    os.makedirs(self.workdir(run), exist_ok=True)
+    env = dict(os.environ)
+    if "gpu" in slot:
+      env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
+    log = open(os.path.join(self.workdir(run), "sweep.log"), "a")
+    core = slot.get("cpu")
+    proc = subprocess.Popen(
+        self.command(run), stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {int(core)})) if core else None)
+    log.close()
+    self._procs[run.name] = (proc, slot)
+    self.state[run.name] = "running"
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self._stop = signal.Signals(signum).name
+    for proc, _ in self._procs.values():
+      proc.send_signal(signal.SIGTERM)  # Each run saves a checkpoint and exits.
+
+  def run(self) -> dict[str, str]:
+    """Trains every run not finished yet; returns {run name: final state}.
+
+    States: "done" (finished, now or before), "failed" (non-zero exit; the others go
+    on), "stopped" (a signal stopped the sweep: run it again to resume), "pending".
+    """
+    for run in self.runs:
+      if finished(self.workdir(run)):
+        self.state[run.name] = "done"
+    self._write_manifest()
+    previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM,
+                                                           signal.SIGINT)}
+    try:
+      self._loop()
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+    self._print_status(final=True)
+    return dict(self.state)
+
+  def _loop(self) -> None:
+    pending = [r for r in self.runs if self.state[r.name] == "pending"]
+    free = list(self.slots)
+    last_report = 0.0
+    while pending or self._procs:
+      while pending and free and self._stop is None:
+        self._start(pending.pop(0), free.pop(0))
+        last_report = 0.0
+      for name, (proc, slot) in list(self._procs.items()):
+        if proc.poll() is not None:
+          del self._procs[name]
+          free.append(slot)
+          self.state[name] = self._outcome(name, proc.returncode)
+          last_report = 0.0
+      if (self._stop is not None and not self._procs) or not (pending or self._procs):
+        break
+      if time.monotonic() - last_report > self.report_every_s:
+        self._print_status()
+        last_report = time.monotonic()
+      time.sleep(0.2)
+
+  def _outcome(self, name: str, returncode: int) -> str:
+    if returncode != 0:
+      return "failed"
+    return "done" if finished(os.path.join(self.dir, name)) else "stopped"
+
+  def _write_manifest(self) -> None:
+    os.makedirs(self.dir, exist_ok=True)
+    write_atomic(os.path.join(self.dir, "sweep.json"), json.dumps({
+        "config": self.config_path, "common_overrides": self.common,
+        "runs": [{"name": r.name, "setting": r.setting,
+                  "overrides": dict(r.overrides)} for r in self.runs]}, indent=2))
+
+  def _print_status(self, final: bool = False) -> None:
+    """One line of counts, then one line per run that is running or failed."""
+    counts = {s: list(self.state.values()).count(s)
+              for s in ("done", "running", "failed", "stopped", "pending")}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"[sweep {self.dir}] {head}", flush=True)
+    for name, state in self.state.items():
+      if state == "running":
+        print(f"  running  {name}: {_last_progress(self.dir, name)}", flush=True)
+      elif state == "failed" and final:
+        print(f"  failed   {name}: see {os.path.join(self.dir, name, 'sweep.log')}",
+              flush=True)
+
+
+def _last_progress(sweep_dir: str, name: str) -> str:
+  """The run's latest 'step N/M ... ETA' log line, shortened."""
+  try:
+    with open(os.path.join(sweep_dir, name, "sweep.log"), errors="replace") as f:
+      lines = [l for l in f.read().splitlines()[-50:]
+               if re.search(r"\bstep \d+/\d+", l)]
+  except OSError:
+    return "starting"
+  return lines[-1].split("] ", 1)[-1] if lines else "starting"
+
+
+def _typed(config, key: str, text: str):
+  """`text` as the type of config field `key` (as --config.KEY=TEXT would parse)."""
+  from mnist_jax.errors import ConfigError
+  current = config
+  for part in key.split("."):
+    if not hasattr(current, "keys") or part not in current:
+      raise ConfigError(f"--sweep={key}=...: config has no field {key!r}.")
+    current = current[part]
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+      return text.lower() == "true"
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+      return type(current)(text) if isinstance(current, float) or text.lstrip(
+          "-").isdigit() else float(text)
+  except ValueError:
+    raise ConfigError(f"--sweep={key}={text}: {text!r} is not a valid "
+                      f"{type(current).__name__} for config.{key}.") from None
+  if current is None and text.lower() == "none":
+    return None
+  if current is None:
+    for kind in (int, float):
+      try:
+        return kind(text)
+      except ValueError:
+        pass
+  return text
+
+
+def axes_for(config_path: str, flags_: Sequence[str]) -> Axes:
+  """The grid's axes: the config file's `get_sweep()` (if any), then --sweep flags."""
+  import importlib.util
+  axes: Axes = {}
+  spec = importlib.util.spec_from_file_location("_mnist_jax_sweep_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if hasattr(module, "get_sweep"):
+    axes.update({k: [str(v) for v in values]
+                 for k, values in module.get_sweep().items()})
+  for text in flags_:
+    key, values = parse_axis(text)
+    axes[key] = values
+  if not axes:
+    raise UserError("nothing to sweep: give --sweep=KEY=VALUE,VALUE,... (e.g. "
+                    "--sweep=seed=0,1,2) or define get_sweep() in the config file.")
+  return axes
+
+
+def check_runs(config, runs: Sequence[Run]) -> None:
+  """Resolves every run's config before anything starts (one-line ConfigError)."""
+  from ml_collections import config_dict
+  from mnist_jax import config as config_lib
+  for run in runs:
+    cfg = config_dict.ConfigDict(config.to_dict())
+    with cfg.ignore_type():
+      config_lib.override(cfg, {k: _typed(config, k, v) for k, v in run.overrides})
+    config_lib.resolve(cfg)
+
+
+def run_sweep(config_path: str | None, config, sweep_dir: str,
+              sweep_flags: Sequence[str], parallel: int | None,
+              common: Sequence[str], summary_only: bool = False) -> int:
+  """`mnist-jax-sweep`: trains the grid, then writes the summary; the exit status."""
+  from mnist_jax import summary
+  if not summary_only:
+    if config_path is None:
+      raise UserError("--config is required (e.g. --config=experiments/seed_lstm.py).")
+    runs = grid(axes_for(config_path, sweep_flags))
+    check_runs(config, runs)
+    if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
+      raise UserError(f"--workdir={sweep_dir} is a file, not a folder.")
+    print(f"[sweep {sweep_dir}] {len(runs)} runs, {len(slots(parallel))} at a time",
+          flush=True)
+    states = Sweep(config_path, sweep_dir, runs, common, slots(parallel)).run()
+  else:
+    states = {}
+  paths = summary.summarize(sweep_dir)
+  print(f"Summary: {paths['summary.md']}")
+  if "stopped" in states.values():
+    print("Stopped: run the same command again to resume.")
+  return 1 if "failed" in states.values() else 0

@@ -77,18 +77,22 @@ def finished(workdir: str) -> bool:
 
 
 def slots(parallel: int | None) -> list[dict[str, str]]:
-  """What each concurrent run gets: a CPU core (`"cpu"`) or a GPU (`"gpu"`).
+  """What each concurrent run gets: a GPU (`{"gpu": "i"}`) or a share of the CPUs.
 
-  One run per GPU where there are GPUs, else one per CPU core this process may use,
-  each run with one CPU device. On a TPU pod slice every run needs the whole slice:
-  run sweeps there with --parallel=1.
+  One run per GPU where there are GPUs, else one run per CPU core this process may
+  use, each with one CPU device. CPU runs are not pinned to cores: a process pinned
+  to one core gets a one-thread XLA pool and computes in another float order than
+  `mnist-jax --cpu_devices=1` on the same machine, so its results would not be those
+  of a single run. More runs than cores (--parallel) share the cores, which ends a
+  sweep sooner when its last wave would leave cores idle (3 runs on 2 cores). On a
+  TPU pod slice every run needs the whole slice: use --parallel=1 there.
   """
   gpus = sorted(glob.glob("/dev/nvidia[0-9]*"))
   if gpus and os.environ.get("JAX_PLATFORMS", "") in ("", "cuda", "gpu"):
     found = [{"gpu": str(i)} for i in range(len(gpus))]
   else:
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    found = [{"cpu": str(c)} for c in cores] or [{}]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    found = [{} for _ in range(cores)]
   count = parallel or len(found)
   return [found[i % len(found)] for i in range(count)]
 
@@ -120,11 +124,8 @@ class Sweep:
     if "gpu" in slot:
       env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
     log = open(os.path.join(self.workdir(run), "sweep.log"), "a")
-    core = slot.get("cpu")
-    proc = subprocess.Popen(
-        self.command(run), stdout=log, stderr=subprocess.STDOUT, env=env,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {int(core)})) if core else None)
+    proc = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, stdin=subprocess.DEVNULL)
     log.close()
     self._procs[run.name] = (proc, slot)
     self.state[run.name] = "running"

@@ -97,6 +97,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation, per side.")
   flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads; 0: its default "
                        "(one per physical core).")
+  flags.DEFINE_string("torch_device", "cpu", "PyTorch's device: cpu, or cuda (cuDNN).")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON to this path.")
   flags.DEFINE_integer("cpu_devices", None, "JAX CPU devices (parallel.CpuReplicas), as "
                        "`mnist_jax.main --cpu_devices`: default one per logical CPU, "
@@ -312,13 +313,14 @@ def jax_runner(config: ml_collections.ConfigDict, num_batches: int = 4) -> Runne
 
 
 def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
-                 threads: int = 0) -> Runner:
-  """The PyTorch equivalent of `config`'s model, loss and optimizer (eager, CPU).
+                 threads: int = 0, device: str = "cpu") -> Runner:
+  """The PyTorch equivalent of `config`'s model, loss and optimizer (eager).
 
   Args:
     config: a resolved config.
     num_batches: distinct batches cycled through.
     threads: intra-op threads; 0 keeps PyTorch's default.
+    device: "cpu", or "cuda" (nn.LSTM / GRU / RNN then run cuDNN's kernels).
   """
   import torch  # Optional dependency: only --compare=torch needs it.
   from torch import nn
@@ -370,7 +372,7 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
       return self.head(x)
 
   perm = data.permutation(config.data)
-  perm = None if perm is None else torch.from_numpy(perm)
+  perm = None if perm is None else torch.from_numpy(perm).to(device)
   side = config.data.resize
 
   def preprocess(images):
@@ -384,7 +386,7 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
     return x
 
   torch.manual_seed(config.seed)
-  model = Net()
+  model = Net().to(device)
   if opt.name == "adam":
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.learning_rate)
   elif opt.name == "adamw":
@@ -396,7 +398,7 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
   loss_fn = nn.CrossEntropyLoss(label_smoothing=opt.label_smoothing)
 
   rng = np.random.default_rng(0)
-  to_torch = lambda b: {k: torch.from_numpy(v) for k, v in b.items()}
+  to_torch = lambda b: {k: torch.from_numpy(v).to(device) for k, v in b.items()}
   train_batches = [to_torch(_random_batch(rng, config.batch_size, m.num_classes))
                    for _ in range(num_batches)]
   eval_batches = [to_torch(_random_batch(rng, config.eval_batch_size, m.num_classes))
@@ -414,6 +416,11 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
       if opt.grad_clip_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip_norm)
       optimizer.step()
+    _synchronize()
+
+  def _synchronize() -> None:  # CUDA runs asynchronously: time finished work only.
+    if device != "cpu":
+      torch.cuda.synchronize()
 
   def eval_steps(n: int) -> None:
     model.eval()
@@ -422,8 +429,11 @@ def torch_runner(config: ml_collections.ConfigDict, num_batches: int = 4,
         batch = eval_batches[i % num_batches]
         F.cross_entropy(model(preprocess(batch["image"])), batch["label"],
                         reduction="none")
+    _synchronize()
 
-  info = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+  info = {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+          "device": device, "cudnn": bool(device != "cpu"
+                                          and torch.backends.cudnn.is_available())}
   return Runner("torch", train_steps, eval_steps, info)
 
 
@@ -440,7 +450,8 @@ def _steps_for(run: Callable[[int], None], min_repeat_s: float) -> int:
 
 def measure(config: ml_collections.ConfigDict, compare: str | None = None,
             repeats: int = 7, min_repeat_s: float = 2.0, warmup_steps: int = 3,
-            peak_gflops: float | None = None, torch_threads: int = 0) -> dict:
+            peak_gflops: float | None = None, torch_threads: int = 0,
+            torch_device: str = "cpu") -> dict:
   """Measures training and evaluation speed of `config` (and PyTorch's if asked).
 
   Args:
@@ -451,6 +462,7 @@ def measure(config: ml_collections.ConfigDict, compare: str | None = None,
     warmup_steps: untimed steps after compilation, before the timed ones.
     peak_gflops: the matmul reference; measured here when None.
     torch_threads: PyTorch intra-op threads; 0 keeps its default.
+    torch_device: PyTorch's device ("cpu" or "cuda").
 
   Returns:
     A JSON-ready dict: "config" (the fields that matter), "flops_per_example",
@@ -480,7 +492,7 @@ def measure(config: ml_collections.ConfigDict, compare: str | None = None,
   runners.append(runner)
   if compare == "torch":
     with _PeakRss() as rss:
-      runner = torch_runner(config, threads=torch_threads)
+      runner = torch_runner(config, threads=torch_threads, device=torch_device)
       runner.train_steps(warmup_steps)
       runner.eval_steps(1)
     runner.info.update(peak_rss_mib=rss.peak_mib, rss_rise_mib=rss.rise_mib,
@@ -653,7 +665,8 @@ def main(argv):
       print(f"warning: {label}: PyTorch side does not reproduce shift augmentation.")
     print(f"measuring {label} ...", flush=True)
     r = measure(config, compare, FLAGS.repeats, FLAGS.min_repeat_s,
-                FLAGS.warmup_steps, peak_gflops=peak, torch_threads=FLAGS.torch_threads)
+                FLAGS.warmup_steps, peak_gflops=peak, torch_threads=FLAGS.torch_threads,
+                torch_device=FLAGS.torch_device)
     if "torch" in r:
       print(f"  torch {r['torch']['torch_version']}, "
             f"{r['torch']['threads']} intra-op threads")

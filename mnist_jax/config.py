@@ -79,6 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   opt.momentum = 0.9  # sgd only (Nesterov).
   opt.grad_clip_norm = config_dict.placeholder(float)  # Clip by global norm if set.
   opt.label_smoothing = 0.0
+  # The recurrence's own parameters (each cell names them: the LRU's eigenvalues and
+  # input matrix, other cells' recurrent kernel) train with this learning-rate factor
+  # and, with adamw, this weight decay (None: weight_decay), as in the S5/LRU papers.
+  opt.recurrent_lr_factor = 1.0
+  opt.recurrent_weight_decay = config_dict.placeholder(float)
 
   config.checkpoint_every_steps = config_dict.placeholder(int)  # Also mid-epoch if set.
   config.keep_checkpoints = 3  # The latest N checkpoints are kept, plus the best one.
@@ -313,6 +318,13 @@ def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None
   if opt.weight_decay and opt.name != "adamw":
     raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
                       "set optimizer.name='adamw' or weight_decay=0.")
+  _positive(opt.recurrent_lr_factor, "optimizer.recurrent_lr_factor", _NUMBER)
+  if opt.recurrent_weight_decay is not None:
+    _positive(opt.recurrent_weight_decay, "optimizer.recurrent_weight_decay", _NUMBER,
+              allow_zero=True)
+    if opt.name != "adamw":
+      raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
+                        "adamw; set optimizer.name='adamw' or unset it.")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -174,8 +174,10 @@ _SPLIT_ARRAYS = {"train_images": np.uint8, "train_labels": np.int32,
 
 def _tfds_dataset_root(name: str, tfds_dir: str | None) -> str | None:
   """TFDS_DIR/NAME as tfds resolves it (None for object stores: no cache there)."""
-  from tensorflow_datasets.core import constants  # Light: does not import TensorFlow.
-  root = tfds_dir or constants.DATA_DIR  # tfds' default, $TFDS_DATA_DIR honoured.
+  root = tfds_dir
+  if root is None:  # tfds' default, $TFDS_DATA_DIR honoured.
+    from tensorflow_datasets.core import constants  # Does not import TensorFlow.
+    root = constants.DATA_DIR
   if "://" in root:
     return None
   return os.path.join(os.path.expanduser(root), name)
@@ -238,6 +240,9 @@ def _write_array_cache(builder, arrays: dict) -> None:
                class_names=np.array(builder.info.features["label"].names), **arrays)
       f.flush()
       os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from other users.
     os.replace(tmp, os.path.join(folder, _ARRAY_CACHE))
   except OSError:  # Full disk and the like: run without the cache.
     pass

@@ -20,17 +20,25 @@ class MetricWriter:
   TensorBoard events are written with the `tensorboard` package's record writer and
   protos, not tf.summary: a run that reads cached data then never imports TensorFlow
   (seconds of start-up). Each write is flushed; a killed run leaves at most a
-  truncated last record, which TensorBoard skips.
+  truncated last record, which TensorBoard skips. Without the `tensorboard` package
+  (a minimal accelerator image) only metrics.jsonl is written, with one warning.
   """
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
+    self._events = None
     if not self.enabled:
       return
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
-    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    try:
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      from tensorboard.summary.writer.record_writer import RecordWriter
+    except ImportError:
+      from absl import logging
+      logging.warning("The tensorboard package is not installed: metrics go to "
+                      "metrics.jsonl only.")
+      return
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     tb_dir = os.path.join(workdir, "tensorboard")
     os.makedirs(tb_dir, exist_ok=True)
     # One file per writer, named as TensorBoard expects; a resumed run adds a file.
@@ -45,8 +53,9 @@ class MetricWriter:
     self._write_event(self._event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write_event(self, event) -> None:
-    self._events.write(event.SerializeToString())
-    self._events.flush()
+    if self._events is not None:
+      self._events.write(event.SerializeToString())
+      self._events.flush()
 
   def write(self, step: int, prefix: str, values: dict, **extra) -> None:
     """One record: {"step", "split": prefix, **extra, **values} and its summaries."""
@@ -56,6 +65,8 @@ class MetricWriter:
               **{k: float(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    if self._events is None:
+      return
     summary = self._summary(value=[
         self._summary.Value(tag=f"{prefix}/{k}", simple_value=float(v))
         for k, v in values.items()])
@@ -64,7 +75,8 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._events_file.close()
+      if self._events is not None:
+        self._events_file.close()
 
 
 def format_duration(seconds: float) -> str:
@@ -79,15 +91,18 @@ class Progress:
   """Throughput and ETA between log lines, and a tqdm bar on interactive terminals."""
 
   def __init__(self, start_step: int, total_steps: int, batch_size: int):
-    from tqdm import tqdm
     self.total_steps, self.batch_size = total_steps, batch_size
     self._since_step, self._since = start_step, time.perf_counter()
-    self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
-                     dynamic_ncols=True, disable=not sys.stderr.isatty(), leave=False)
+    self._bar = None
+    if sys.stderr.isatty():
+      from tqdm import tqdm
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
+                       dynamic_ncols=True, leave=False)
 
   def update(self) -> None:
     """One step done."""
-    self._bar.update(1)
+    if self._bar is not None:
+      self._bar.update(1)
 
   def rate_and_eta(self, step: int) -> tuple[float, str]:
     """(examples/s since the last call, time left at that rate); restarts the window."""
@@ -98,4 +113,5 @@ class Progress:
     return rate, format_duration(eta)
 
   def close(self) -> None:
-    self._bar.close()
+    if self._bar is not None:
+      self._bar.close()

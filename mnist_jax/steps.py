@@ -8,6 +8,7 @@ Batches are {"image": uint8 [batch, 28, 28], "label": int32 [batch]}; `preproces
 turns images into model inputs [batch, time, features] on the device.
 """
 
+import functools
 from typing import Any, Callable
 
 from flax.training import train_state
@@ -47,15 +48,46 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
   return optax.cosine_onecycle_schedule(total, peak, pct_start=pct)
 
 
-def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
-                     num_epochs: int) -> optax.GradientTransformation:
-  lr = create_learning_rate_schedule(opt, steps_per_epoch, num_epochs)
+def _base_optimizer(opt: ml_collections.ConfigDict, lr: optax.Schedule,
+                    weight_decay: float) -> optax.GradientTransformation:
   if opt.name == "adam":
-    tx = optax.adam(lr)
-  elif opt.name == "adamw":
-    tx = optax.adamw(lr, weight_decay=opt.weight_decay)
-  else:
-    tx = optax.sgd(lr, momentum=opt.momentum, nesterov=True)
+    return optax.adam(lr)
+  if opt.name == "adamw":
+    return optax.adamw(lr, weight_decay=weight_decay)
+  return optax.sgd(lr, momentum=opt.momentum, nesterov=True)
+
+
+def recurrence_labels(params: Any, names: tuple[str, ...]) -> Any:
+  """"recurrence" for the leaves of recurrent layers named in `names`, else "rest"."""
+  def label(path, _):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    in_layer = any(str(k).startswith("layer") for k in keys)
+    return "recurrence" if in_layer and keys[-1] in names else "rest"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+                     num_epochs: int, recurrence: tuple[str, ...] = ()
+                     ) -> optax.GradientTransformation:
+  """The optimizer `opt` describes, clipping first if configured.
+
+  Args:
+    opt: `config.optimizer`.
+    steps_per_epoch, num_epochs: shape the learning-rate schedule.
+    recurrence: the cell's RECURRENCE_PARAMS; with a recurrent_lr_factor other than 1
+      or a recurrent_weight_decay, those parameters get their own optimizer
+      (`optax.multi_transform`), otherwise one optimizer serves all.
+  """
+  lr = create_learning_rate_schedule(opt, steps_per_epoch, num_epochs)
+  tx = _base_optimizer(opt, lr, opt.weight_decay)
+  if opt.recurrent_lr_factor != 1.0 or opt.recurrent_weight_decay is not None:
+    factor = opt.recurrent_lr_factor
+    decay = (opt.weight_decay if opt.recurrent_weight_decay is None
+             else opt.recurrent_weight_decay)
+    recurrent_tx = _base_optimizer(opt, lambda step: factor * lr(step), decay)
+    tx = optax.multi_transform(
+        {"recurrence": recurrent_tx, "rest": tx},
+        functools.partial(recurrence_labels, names=recurrence))
   if opt.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx
@@ -83,7 +115,8 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   return TrainState.create(
       apply_fn=models.build_model(config.model).apply,
       params=init_params(config, params_rng),
-      tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs),
+      tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
+                          models.CELLS[config.model.name].RECURRENCE_PARAMS),
       rng=state_rng)
 
 

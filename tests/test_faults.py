@@ -676,6 +676,8 @@ INVALID = {
     "optimizer.momentum": (_BAD_UNIT, {}),
     "optimizer.label_smoothing": (_BAD_UNIT, {}),
     "optimizer.grad_clip_norm": (_BAD_NUMBER, {}),
+    "optimizer.recurrent_lr_factor": (_BAD_NUMBER, {}),
+    "optimizer.recurrent_weight_decay": (_BAD_NON_NEGATIVE, {"optimizer.name": "adamw"}),
 }
 
 

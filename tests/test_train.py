@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mnist_jax import config as config_lib
@@ -257,3 +258,33 @@ def test_a_second_signal_stops_at_once():
       os.kill(os.getpid(), signal.SIGINT)  # Second: now.
       time.sleep(1)
   assert signal.getsignal(signal.SIGTERM) is before  # Handlers restored.
+
+
+def test_recurrence_parameters_get_their_own_learning_rate_and_decay():
+  """S5/LRU recipe: the cell's recurrence parameters train slower and without weight
+  decay; everything else as configured."""
+  from mnist_jax.models.lru import LRUBlock
+  opt = config_lib.get_config().optimizer
+  opt.name, opt.learning_rate, opt.weight_decay = "adamw", 0.1, 0.5
+  opt.recurrent_lr_factor, opt.recurrent_weight_decay = 0.25, 0.0
+  tx = steps.create_optimizer(opt, 10, 1, LRUBlock.RECURRENCE_PARAMS)
+  params = {"layer0_fwd": {"lru": {"nu_log": jnp.ones(2), "D": jnp.ones(2)},
+                           "norm": {"scale": jnp.ones(2)}},
+            "head": {"kernel": jnp.ones(2)}}
+  assert steps.recurrence_labels(params, LRUBlock.RECURRENCE_PARAMS) == {
+      "layer0_fwd": {"lru": {"nu_log": "recurrence", "D": "rest"},
+                     "norm": {"scale": "rest"}}, "head": {"kernel": "rest"}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step moves every parameter by lr (times its factor); adamw adds
+  # lr * decay * param.
+  np.testing.assert_allclose(updates["layer0_fwd"]["lru"]["nu_log"], -0.025, rtol=1e-5)
+  np.testing.assert_allclose(updates["layer0_fwd"]["lru"]["D"], -0.1 - 0.05, rtol=1e-5)
+  np.testing.assert_allclose(updates["head"]["kernel"], -0.15, rtol=1e-5)
+  # Left at their defaults: one optimizer for all (checkpoints keep their layout).
+  plain = config_lib.get_config().optimizer
+  state = steps.create_optimizer(plain, 10, 1, LRUBlock.RECURRENCE_PARAMS).init(params)
+  is_multi = lambda x: isinstance(x, optax.MultiTransformState)
+  assert not any(map(is_multi, jax.tree.leaves(state, is_leaf=is_multi)))
+  state = tx.init(params)
+  assert any(map(is_multi, jax.tree.leaves(state, is_leaf=is_multi)))

@@ -71,8 +71,16 @@ def is_positive_int(v: Any) -> bool:
 
 
 class HasOptions:
-  """What the registry reads from a cell class: its `OPTIONS` and cross-option rules."""
+  """What the rest of the library reads from a cell class, not an instance.
+
+  Attributes:
+    OPTIONS: the cell's own settings (see `Option`).
+    RECURRENCE_PARAMS: names of the parameters that make up the recurrence; the
+      optimizer can give them their own learning rate and weight decay
+      (`optimizer.recurrent_lr_factor`, `recurrent_weight_decay`).
+  """
   OPTIONS: ClassVar[dict[str, Option]] = {}
+  RECURRENCE_PARAMS: ClassVar[tuple[str, ...]] = ()
 
   @classmethod
   def options_error(cls, values: dict[str, Any]) -> str | None:
@@ -93,6 +101,7 @@ class RecurrentCell(HasOptions, nn.Module):
 
   num_gates: ClassVar[int] = 1
   uses_recurrent_bias: ClassVar[bool] = False
+  RECURRENCE_PARAMS = ("recurrent_kernel", "recurrent_bias")
 
   def setup(self):
     gates = self.num_gates * self.hidden_size

@@ -191,6 +191,8 @@ class LRUBlock(HasOptions, nn.Module):
   scan: str = "parallel"
   mix: str = "glu"
 
+  # The paper trains these with a lower learning rate and no weight decay.
+  RECURRENCE_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
   OPTIONS = {
       "state_size": Option(256, "Complex state units per LRU layer.",
                            is_positive_int,

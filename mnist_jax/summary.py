@@ -57,8 +57,10 @@ def run_row(sweep_dir: str, entry: dict) -> dict:
   val = {}
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     val = results.per_epoch(results.read_metrics(workdir))["validation"]
-  best_epoch = (val["epoch"][int(np.argmax(val["accuracy"]))]
-                if val.get("epoch") else None)
+  best_epoch = None
+  if val.get("epoch"):  # Ties: the latest, as the checkpoint kept as best.
+    last = len(val["accuracy"]) - 1 - int(np.argmax(val["accuracy"][::-1]))
+    best_epoch = val["epoch"][last]
   return {"run": entry["name"], "setting": entry["setting"],
           "seed": entry["overrides"].get("seed", ""),
           "status": info.get("status", "not started"),

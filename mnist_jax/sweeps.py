@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Sequence
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import ConfigError, UserError
 from mnist_jax.workdir import write_atomic
 
 Axes = dict[str, list[str]]
@@ -216,7 +216,6 @@ def _last_progress(sweep_dir: str, name: str) -> str:
 
 def _typed(config, key: str, text: str):
   """`text` as the type of config field `key` (as --config.KEY=TEXT would parse)."""
-  from mnist_jax.errors import ConfigError
   current = config
   for part in key.split("."):
     if not hasattr(current, "keys") or part not in current:
@@ -227,9 +226,8 @@ def _typed(config, key: str, text: str):
       if text.lower() not in ("true", "false"):
         raise ValueError(text)
       return text.lower() == "true"
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
-      return type(current)(text) if isinstance(current, float) or text.lstrip(
-          "-").isdigit() else float(text)
+    if isinstance(current, (int, float)):
+      return type(current)(text)
   except ValueError:
     raise ConfigError(f"--sweep={key}={text}: {text!r} is not a valid "
                       f"{type(current).__name__} for config.{key}.") from None

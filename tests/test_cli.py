@@ -78,6 +78,7 @@ def test_damaged_config_json_is_one_line(trained, tmp_path):
   assert "config.json cannot be read" in line and "new --workdir" in line
 
 
+@pytest.mark.slow
 def test_eval_report_and_predict_restore_quietly(trained, tmp_path):
   """Read-only restores used to print Orbax warnings that read like a permissions
   problem; evaluation of another checkpoint must not overwrite the best one's files."""

@@ -152,6 +152,7 @@ def trained_workdir(tmp_path_factory, tfds_dir, data_root):
   return workdir
 
 
+@pytest.mark.slow
 def test_mnist_images_survive_preprocessing(trained_workdir):
   """MNIST was made this way, so its own images come back nearly unchanged."""
   config = Workdir.open(str(trained_workdir)).config
@@ -161,6 +162,7 @@ def test_mnist_images_survive_preprocessing(trained_workdir):
   assert np.median(corr) > 0.98
 
 
+@pytest.mark.slow
 def test_drawn_digits_are_recognised(trained_workdir, tmp_path, monkeypatch):
   def no_dataset(*args, **kwargs):
     raise AssertionError("the predictor read the dataset")
@@ -179,6 +181,7 @@ def test_drawn_digits_are_recognised(trained_workdir, tmp_path, monkeypatch):
     assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_command_line_json_and_errors(trained_workdir, tmp_path):
   good = tmp_path / "seven.png"
   _draw("7").save(good)

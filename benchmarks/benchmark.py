@@ -548,8 +548,8 @@ def measure(config: ml_collections.ConfigDict, compare: str | None = None,
 # ----------------------------------------------------------------------------------
 def describe(config: ml_collections.ConfigDict) -> str:
   m = config.model
-  cell = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": f"RNN-{m.activation}"}.get(
-      m.name, m.name)
+  cell = {"lstm": "LSTM", "gru": "GRU",
+          "simple_rnn": f"RNN-{m.options.simple_rnn.activation}"}.get(m.name, m.name)
   layers = f"{m.num_layers}x" if m.num_layers > 1 else ""
   bi = "bi-" if m.bidirectional else ""
   steps = data.input_shape(config.data)[0]

@@ -56,8 +56,11 @@ def test_measure_reports_positive_finite_numbers(bench, model):
   assert _positive_finite(result["matmul"]["recurrent_shape_gflops"])
   flops = result["flops_per_example"]
   assert flops["train"] == 3 * flops["forward"] > 0
-  # The table renders without a torch column.
+  # The table renders without a torch column; the run's label names the cell.
   assert "train ex/s" in bench.format_table([("tiny", result)])
+  assert bench.describe(config_lib.override(_tiny_config(), {
+      "model.name": "simple_rnn", "model.options.simple_rnn.activation": "relu"})
+  ).startswith("RNN-relu(8) rows")
 
 
 def test_flops_count_the_matmuls(bench):
@@ -71,3 +74,11 @@ def test_flops_count_the_matmuls(bench):
   forward = bench.flops_per_example(config)["forward"]
   assert forward == (2 * 28 * 2 * 400 * (28 + 100) + 2 * 28 * 2 * 400 * (200 + 100)
                      + 2 * 200 * 10)
+
+
+def test_every_preset_is_described(bench):
+  """The labels of the benchmark's presets (what `--preset=all` prints first)."""
+  for name, (path, overrides) in bench.PRESETS.items():
+    config = config_lib.override(config_lib.from_experiment(
+        str(BENCHMARK.parents[1] / "experiments" / path)), overrides)
+    assert bench.describe(config).split("(")[0] in ("LSTM", "GRU", "RNN-relu"), name

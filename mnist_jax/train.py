@@ -85,7 +85,7 @@ class _Run:
     self.workdir = Workdir.create(config, workdir)
     self.splits = data.load_splits(config)
     constants = self.workdir.preprocessing(
-        lambda: data.preprocessing_for(config, self.splits["train"]))
+        lambda: data.preprocessing_for(config, self.splits["train"]), save=True)
     preprocess = data.make_preprocess(config.data, constants.mean, constants.std,
                                       constants.permutation)
     self.order = data.TrainOrder(config.seed, len(self.splits["train"]),

@@ -147,12 +147,14 @@ class Workdir:
     return cls(path, config_lib.resolve(config))
 
   # -- Preprocessing constants. ------------------------------------------------------
-  def preprocessing(self, compute: Callable[[], data.Preprocessing]
-                    ) -> data.Preprocessing:
-    """The saved constants; computed with `compute()` and saved when there are none.
+  def preprocessing(self, compute: Callable[[], data.Preprocessing],
+                    save: bool = False) -> data.Preprocessing:
+    """The saved constants; computed with `compute()` when there are none.
 
-    Workdirs from before preprocessing.json keep their permutation.npy and compute
-    the mean and std again (which needs the dataset when data.standardize is on).
+    Training saves what it computed (`save`); evaluation and prediction only read, so
+    a read-only workdir still evaluates. Workdirs from before preprocessing.json keep
+    their permutation.npy and compute the mean and std again (which needs the dataset
+    when data.standardize is on).
     """
     json_path = os.path.join(self.path, "preprocessing.json")
     perm_path = os.path.join(self.path, "permutation.npy")
@@ -164,7 +166,7 @@ class Workdir:
     computed = compute()
     if saved_perm is not None:
       computed = data.Preprocessing(computed.mean, computed.std, saved_perm)
-    if jax.process_index() == 0:
+    if save and jax.process_index() == 0:
       if computed.permutation is not None and saved_perm is None:
         np.save(perm_path, computed.permutation)
       write_atomic(json_path, json.dumps({"mean": computed.mean, "std": computed.std}))

@@ -131,10 +131,16 @@ class Sweep:
     self.state[run.name] = "running"
 
   def _handle(self, signum, frame) -> None:
+    """No new runs; running ones save a checkpoint and exit.
+
+    Ctrl-C in a terminal already reaches every run (one process group), and a second
+    signal would make a run exit without saving; so only SIGTERM is passed on.
+    """
     del frame
     self._stop = signal.Signals(signum).name
-    for proc, _ in self._procs.values():
-      proc.send_signal(signal.SIGTERM)  # Each run saves a checkpoint and exits.
+    if signum == signal.SIGTERM:
+      for proc, _ in self._procs.values():
+        proc.send_signal(signal.SIGTERM)
 
   def run(self) -> dict[str, str]:
     """Trains every run not finished yet; returns {run name: final state}.

@@ -215,3 +215,20 @@ def test_source_index_points_into_the_official_test_files(tfds_dir, data_root):
   np.testing.assert_array_equal(labels[test.source_index], test.labels)
   np.testing.assert_array_equal(images[test.source_index], test.images)
   assert list(test.source_index[:5]) != [0, 1, 2, 3, 4]  # tfds' order is not theirs.
+
+
+def test_sigterm_is_passed_on_once_and_ctrl_c_not_again(monkeypatch):
+  """A run that gets two signals stops without saving its current step: Ctrl-C in a
+  terminal already reaches the runs, so the sweep passes on only SIGTERM."""
+  sent = []
+
+  class FakeProc:
+    def send_signal(self, sig):
+      sent.append(sig)
+
+  sweep = sweeps.Sweep("x.py", "/tmp/unused", [], [], [{}])
+  sweep._procs = {"a": (FakeProc(), {}), "b": (FakeProc(), {})}
+  sweep._handle(signal.SIGINT, None)
+  assert sent == [] and sweep._stop == "SIGINT"
+  sweep._handle(signal.SIGTERM, None)
+  assert sent == [signal.SIGTERM, signal.SIGTERM] and sweep._stop == "SIGTERM"

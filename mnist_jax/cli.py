@@ -4,6 +4,7 @@
 of the library unimported until the flags have parsed, so `--help` is instant.
 """
 
+import logging as logging_lib
 import os
 import sys
 from typing import Callable, Sequence
@@ -92,6 +93,14 @@ def _ignore_closed_event_loops(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+class _QuietAsyncio(logging_lib.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for Orbax's reads of a
+  checkpoint whose failure the one-line error already reported."""
+
+  def filter(self, record):
+    return "exception was never retrieved" not in record.getMessage()
+
+
 def setup(compilation_cache: str, cpu_devices: int | None,
           coordinator_address: str | None, num_processes: int | None,
           process_id: int | None) -> None:
@@ -99,6 +108,7 @@ def setup(compilation_cache: str, cpu_devices: int | None,
   starts any backend."""
   from mnist_jax import distributed, hugepages
   sys.unraisablehook = _ignore_closed_event_loops
+  logging_lib.getLogger("asyncio").addFilter(_QuietAsyncio())
   line = hugepages.announcement()
   if line:
     logging.info(line)

@@ -52,7 +52,6 @@ reproduced there (both are negligible per step; a warning says so).
 """
 
 import dataclasses
-import functools
 import json
 import math
 import os

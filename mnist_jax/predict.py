@@ -19,7 +19,6 @@ one-line error (on stderr, or an {"file", "error"} entry) and the exit status is
 """
 
 import json
-import os
 import sys
 
 import numpy as np

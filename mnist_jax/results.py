@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from mnist_jax.errors import WorkdirError
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.workdir import Workdir, eval_path
 
 
@@ -116,11 +117,8 @@ def read_predictions(workdir: str, split: str, step: int
 
 
 def read_config(workdir: str) -> dict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise WorkdirError(f"{workdir} has no config.json; is it a training workdir?")
-  with open(path) as f:
-    return json.load(f)
+  """The run's config as a dict (older layouts migrated; one-line errors)."""
+  return workdir_lib.read_config(workdir).to_dict()
 
 
 def load_images(workdir: str, split: str) -> np.ndarray:

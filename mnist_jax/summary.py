@@ -127,7 +127,7 @@ def _write_csvs(paths: dict, rows: list, groups: dict, stats: dict) -> None:
 
 
 def _markdown(manifest: dict, groups: dict, stats: dict) -> str:
-  lines = [f"# Sweep summary", "",
+  lines = ["# Sweep summary", "",
            f"`{manifest['config']}` {' '.join(manifest['common_overrides'])}".rstrip(),
            "", "Test accuracy and macro F1 of each run's reported checkpoint (best by "
            "validation accuracy); mean ± sample std over the finished runs (seeds) of "

@@ -5,7 +5,6 @@ resuming from its latest checkpoint. The steps are `steps.py`'s, placed on the d
 by `parallel.py`; metrics go through `metric_writer.py`.
 """
 
-import os
 import signal
 
 from absl import logging

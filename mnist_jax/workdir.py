@@ -81,7 +81,7 @@ def differences(old: dict, new: dict) -> list[str]:
           if a.get(k) != b.get(k)]
 
 
-def _read_config(path: str) -> ml_collections.ConfigDict:
+def read_config(path: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json as a config (legacy layouts migrated), not yet resolved."""
   file = os.path.join(path, "config.json")
   if not os.path.exists(file):
@@ -122,7 +122,7 @@ class Workdir:
     except OSError as e:
       raise WorkdirError(f"cannot create --workdir={path} ({e.strerror}).") from None
     if os.path.exists(os.path.join(path, "config.json")):
-      changed = differences(_read_config(path).to_dict(), config.to_dict())
+      changed = differences(read_config(path).to_dict(), config.to_dict())
       if changed:
         raise WorkdirError(
             f"{path} holds another run ({'; '.join(changed)}); use a new --workdir, "
@@ -140,7 +140,7 @@ class Workdir:
     """
     if not os.path.isdir(path):
       raise WorkdirError(f"workdir {path} does not exist.")
-    config = _read_config(path)
+    config = read_config(path)
     if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
       # Copied from another machine: the data is found as on this one.
       config.data.manual_dir = None

@@ -76,6 +76,9 @@ def test_damaged_config_json_is_one_line(trained, tmp_path):
     Workdir.open(str(workdir))
   line = one_line_error(run_main("--mode=eval", f"--workdir={workdir}"))
   assert "config.json cannot be read" in line and "new --workdir" in line
+  from mnist_jax import report  # Reports read it through the same door.
+  with pytest.raises(WorkdirError, match=r"config.json cannot be read"):
+    report.write_report(str(workdir))
 
 
 @pytest.mark.slow

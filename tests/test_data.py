@@ -8,7 +8,6 @@ import pytest
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import datasets
-from mnist_jax import metric_writer
 
 
 def _data_config(**overrides):

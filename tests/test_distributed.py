@@ -23,7 +23,6 @@ import pytest
 
 from conftest import REPO, run_main
 from mnist_jax import checkpoints
-from mnist_jax import config as config_lib
 from mnist_jax import distributed
 from mnist_jax import steps
 from mnist_jax.workdir import Workdir

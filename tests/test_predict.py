@@ -9,7 +9,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import REPO, tiny_config
-from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import predict
 from mnist_jax import train as train_lib

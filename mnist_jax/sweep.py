@@ -6,8 +6,10 @@
 
 Every combination of the --sweep values (and of the config file's `get_sweep()`, if it
 has one) trains in its own workdir, SWEEP_DIR/<key=value+...>, as its own
-`mnist_jax.main` process with one CPU device: on a CPU one run per core, on a machine
-with GPUs one run per GPU (--parallel to choose; on a TPU pod slice use --parallel=1).
+`mnist_jax.main` process: on a CPU one run per core with one CPU device (with
+--parallel below the core count, the cores are shared out: --parallel=1 gives one run
+every core), on a machine with GPUs one run per GPU (on a TPU pod slice use
+--parallel=1).
 `--config.*` overrides apply to every run. Running the same command again skips
 finished runs and resumes interrupted ones; a failed run is reported and the others
 go on; SIGTERM or Ctrl-C stops all runs at a checkpoint. At the end (and with

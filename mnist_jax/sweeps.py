@@ -80,21 +80,23 @@ def slots(parallel: int | None) -> list[dict[str, str]]:
   """What each concurrent run gets: a GPU (`{"gpu": "i"}`) or a share of the CPUs.
 
   One run per GPU where there are GPUs, else one run per CPU core this process may
-  use, each with one CPU device. CPU runs are not pinned to cores: a process pinned
-  to one core gets a one-thread XLA pool and computes in another float order than
-  `mnist-jax --cpu_devices=1` on the same machine, so its results would not be those
-  of a single run. More runs than cores (--parallel) share the cores, which ends a
-  sweep sooner when its last wave would leave cores idle (3 runs on 2 cores). On a
-  TPU pod slice every run needs the whole slice: use --parallel=1 there.
+  use, each with one CPU device; fewer runs than cores (--parallel) get the cores
+  shared out as CPU devices (`{"cpu_devices": "n"}`: --parallel=1 on 2 cores gives
+  each run 2). CPU runs are not pinned to cores: a process pinned to one core gets a
+  one-thread XLA pool and computes in another float order than `mnist-jax
+  --cpu_devices=1` on the same machine, so its results would not be those of a single
+  run. More runs than cores share the cores, which ends a sweep sooner when its last
+  wave would leave cores idle (3 runs on 2 cores). On a TPU pod slice every run needs
+  the whole slice: use --parallel=1 there.
   """
   gpus = sorted(glob.glob("/dev/nvidia[0-9]*"))
   if gpus and os.environ.get("JAX_PLATFORMS", "") in ("", "cuda", "gpu"):
     found = [{"gpu": str(i)} for i in range(len(gpus))]
-  else:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    found = [{} for _ in range(cores)]
-  count = parallel or len(found)
-  return [found[i % len(found)] for i in range(count)]
+    count = parallel or len(found)
+    return [found[i % len(found)] for i in range(count)]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+  count = parallel or cores
+  return [{"cpu_devices": str(max(1, cores // count))} for _ in range(count)]
 
 
 class Sweep:
@@ -113,10 +115,10 @@ class Sweep:
   def workdir(self, run: Run) -> str:
     return os.path.join(self.dir, run.name)
 
-  def command(self, run: Run) -> list[str]:
+  def command(self, run: Run, slot: dict[str, str]) -> list[str]:
     return [sys.executable, "-m", "mnist_jax.main", f"--config={self.config_path}",
             f"--workdir={self.workdir(run)}", *self.common, *run.flags(),
-            "--cpu_devices=1"]
+            f"--cpu_devices={slot.get('cpu_devices', '1')}"]
 
   def _start(self, run: Run, slot: dict[str, str]) -> None:
     os.makedirs(self.workdir(run), exist_ok=True)
@@ -124,7 +126,7 @@ class Sweep:
     if "gpu" in slot:
       env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
     log = open(os.path.join(self.workdir(run), "sweep.log"), "a")
-    proc = subprocess.Popen(self.command(run), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(self.command(run, slot), stdout=log, stderr=subprocess.STDOUT,
                             env=env, stdin=subprocess.DEVNULL)
     log.close()
     self._procs[run.name] = (proc, slot)

@@ -37,6 +37,19 @@ def test_grid_is_the_cartesian_product_named_by_overrides():
   assert sweeps.Run((("data.name", "a/b c"),)).name == "data.name=a_b_c"  # A folder.
 
 
+def test_cpu_runs_share_the_cores_out_as_devices(monkeypatch):
+  monkeypatch.setattr(sweeps.glob, "glob", lambda pattern: [])  # No GPU.
+  monkeypatch.setattr(sweeps.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
+                      raising=False)
+  devices = lambda parallel: [s["cpu_devices"] for s in sweeps.slots(parallel)]
+  assert devices(None) == ["1"] * 4  # One run per core.
+  assert devices(1) == ["4"] and devices(2) == ["2", "2"] and devices(3) == ["1"] * 3
+  assert devices(6) == ["1"] * 6
+  sweep = sweeps.Sweep("c.py", "d", [sweeps.Run((("seed", "0"),))], [], [])
+  assert sweep.command(sweep.runs[0], {"cpu_devices": "2"})[-1] == "--cpu_devices=2"
+  assert sweep.command(sweep.runs[0], {"gpu": "0"})[-1] == "--cpu_devices=1"
+
+
 @pytest.mark.parametrize("text", ["seed", "seed=", "=1,2", "seed=1,,2"])
 def test_bad_sweep_axis_is_one_line(text):
   with pytest.raises(UserError, match="must look like KEY=VALUE,VALUE"):

@@ -40,7 +40,7 @@ def test_every_experiment_file_resolves():
 
 @pytest.mark.parametrize("variant,base,changed", [
     ("psmnist_lstm", "smnist_lstm", {"num_epochs"}),
-    ("psmnist_lru", "smnist_lru", {"num_epochs"}),
+    ("psmnist_lru", "smnist_lru", {"num_epochs", "optimizer"}),
     ("psmnist_indrnn", "smnist_indrnn", set()),
     ("fashion_lstm", "lstm", set()),
 ])
@@ -49,7 +49,6 @@ def test_variants_differ_from_their_base_only_where_they_say(variant, base, chan
   a = config_lib.from_experiment(str(EXPERIMENTS / f"{variant}.py")).to_dict()
   b = config_lib.from_experiment(str(EXPERIMENTS / f"{base}.py")).to_dict()
   assert {k for k in a if a[k] != b[k]} == changed | {"data"}
-  assert a["optimizer"] == b["optimizer"]
 
 
 def test_from_experiment_missing_file_is_config_error(tmp_path):

@@ -32,7 +32,8 @@ flags.DEFINE_string("workdir", None, "The sweep folder: one workdir per run insi
 flags.DEFINE_multi_string("sweep", [], "KEY=VALUE,VALUE,...: a config field and its "
                           "values; several --sweep flags make a grid.")
 flags.DEFINE_integer("parallel", None, "Runs at a time (default: one per GPU, else "
-                     "one per CPU core).", lower_bound=1)
+                     "one per CPU core; fewer runs than cores get several CPU devices "
+                     "each).", lower_bound=1)
 flags.DEFINE_bool("summary_only", False, "Only (re)write the summary of what ran.")
 flags.mark_flag_as_required("workdir")
 

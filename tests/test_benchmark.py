@@ -6,6 +6,7 @@ Only that the numbers exist and make sense is checked; speed is never asserted.
 import importlib.util
 import math
 import pathlib
+import sys
 
 import pytest
 
@@ -16,9 +17,14 @@ BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "benchm
 
 @pytest.fixture(scope="module")
 def bench():
-  spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """benchmark.py as a module; its siblings import as they do when it runs as a script."""
+  sys.path.insert(0, str(BENCHMARK.parent))
+  try:
+    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(BENCHMARK.parent))
   return module
 
 
@@ -40,7 +46,7 @@ def _positive_finite(x) -> bool:
                                    {"name": "simple_rnn", "num_layers": 2,
                                     "options.simple_rnn.activation": "relu"}])
 def test_measure_reports_positive_finite_numbers(bench, model):
-  peak = bench.matmul_gflops(64, 32, 32, iterations=10)
+  peak = bench.costs.matmul_gflops(64, 32, 32, iterations=10)
   assert _positive_finite(peak)
   result = bench.measure(_tiny_config(**model), compare=None, repeats=2,
                              min_repeat_s=0.0, warmup_steps=1, peak_gflops=peak)
@@ -57,8 +63,8 @@ def test_measure_reports_positive_finite_numbers(bench, model):
   flops = result["flops_per_example"]
   assert flops["train"] == 3 * flops["forward"] > 0
   # The table renders without a torch column; the run's label names the cell.
-  assert "train ex/s" in bench.format_table([("tiny", result)])
-  assert bench.describe(config_lib.override(_tiny_config(), {
+  assert "train ex/s" in bench.tables.format_table([("tiny", result)])
+  assert bench.tables.describe(config_lib.override(_tiny_config(), {
       "model.name": "simple_rnn", "model.options.simple_rnn.activation": "relu"})
   ).startswith("RNN-relu(8) rows")
 
@@ -66,12 +72,12 @@ def test_measure_reports_positive_finite_numbers(bench, model):
 def test_flops_count_the_matmuls(bench):
   # LSTM(100), rows: 28 steps x 2 * 400 * (28 + 100), plus the 100 -> 10 head.
   config = config_lib.get_config()
-  forward = bench.flops_per_example(config)["forward"]
+  forward = bench.costs.flops_per_example(config)["forward"]
   assert forward == 28 * 2 * 400 * (28 + 100) + 2 * 100 * 10
   # Bidirectional, two layers: the second layer reads both directions.
   config.model.bidirectional = True
   config.model.num_layers = 2
-  forward = bench.flops_per_example(config)["forward"]
+  forward = bench.costs.flops_per_example(config)["forward"]
   assert forward == (2 * 28 * 2 * 400 * (28 + 100) + 2 * 28 * 2 * 400 * (200 + 100)
                      + 2 * 200 * 10)
 
@@ -81,4 +87,20 @@ def test_every_preset_is_described(bench):
   for name, (path, overrides) in bench.PRESETS.items():
     config = config_lib.override(config_lib.from_experiment(
         str(BENCHMARK.parents[1] / "experiments" / path)), overrides)
-    assert bench.describe(config).split("(")[0] in ("LSTM", "GRU", "RNN-relu"), name
+    assert bench.tables.describe(config).split("(")[0] in ("LSTM", "GRU", "RNN-relu"), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [{"name": "lstm"},
+                                   {"name": "gru", "bidirectional": True},
+                                   {"name": "irnn", "num_layers": 2,
+                                    "readout": "mean", "dropout": 0.1}])
+def test_torch_side_reports_positive_finite_numbers(bench, model):
+  pytest.importorskip("torch", reason="PyTorch is the optional [bench] extra")
+  result = bench.measure(_tiny_config(**model), compare="torch", repeats=2,
+                         min_repeat_s=0.0, warmup_steps=1, peak_gflops=1.0)
+  torch_side = result["torch"]
+  for key in ("train_examples_per_s", "eval_examples_per_s", "train_gflops",
+              "peak_rss_mib"):
+    assert _positive_finite(torch_side[key]), (key, torch_side[key])
+  assert " | " in bench.tables.format_table([("tiny", result)])

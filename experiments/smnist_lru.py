@@ -7,7 +7,7 @@ GELU -> GLU -> residual, mean over time -> Dense. The paper's models are far wid
 one is sized so that 30 epochs fit the 3-hour budget of the whole 2-core CPU (~270
 training examples/s on two CPU devices, batch 50). As in the S5/LRU papers, the
 recurrence's parameters (eigenvalues, input matrix) get no weight decay. The first,
-6-epoch recipe reached 97.80% test accuracy (experiments/RESULTS.md has this one's).
+6-epoch recipe reached 97.80% test accuracy; this one 99.07% (seed 0, 103 min).
 """
 
 from mnist_jax.config import get_config as base_config

@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  """Flags exist only when run as a script: tests load experiment files as modules."""
+  """Flags exist only when run as a script, so importing this file defines none."""
   flags.DEFINE_string("data_dir", None, "Folder with the four MNIST .gz files.")
   flags.DEFINE_integer("epochs", 10, "Passes over the 55k training images.")
   flags.DEFINE_integer("batch_size", 100, "Training batch.")

@@ -1,28 +1,23 @@
-"""Best row-wise GRU recipe: 2 x GRU(128), dropout, shift augmentation, AdamW cosine.
+"""Best row-wise GRU recipe: 2 x GRU(160), dropout, shift augmentation, AdamW cosine.
 
     python -m mnist_jax.main --config=experiments/gru.py --workdir=runs/gru
 
-Row-wise MNIST (28 steps x 28 pixels), 20 epochs. Training images are shifted by up
-to 2 pixels (a fresh shift per example and step, a pure function of seed and step).
-Target: >= 99.1% test accuracy. Measured here: see experiments/RESULTS.md.
+The experiments/lstm.py recipe with GRU cells, wider (160), more dropout (0.2), label
+smoothing 0.1 and 30 epochs. Chosen on validation (seed 0) against GRU(128) with the
+same changes and against the 20-epoch GRU(128) recipe: see docs/results.md,
+which also has the test accuracy of seeds 0-2. Target: >= 99.40% mean test accuracy.
 """
 
-from mnist_jax.config import get_config as base_config
+import os
+
+from mnist_jax.config import from_experiment
 
 
 def get_config():
-  config = base_config()
-  config.num_epochs = 20
-  config.batch_size = 128
-  config.data.augment_max_shift = 2
+  config = from_experiment(os.path.join(os.path.dirname(__file__), "lstm.py"))
+  config.num_epochs = 30  # lstm.py: 20.
   config.model.name = "gru"
-  config.model.hidden_size = 128
-  config.model.num_layers = 2
-  config.model.dropout = 0.1
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 2e-3
-  config.optimizer.weight_decay = 1e-2
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_epochs = 1.0
-  config.optimizer.grad_clip_norm = 1.0
+  config.model.hidden_size = 160  # lstm.py: 128.
+  config.model.dropout = 0.2  # lstm.py: 0.1.
+  config.optimizer.label_smoothing = 0.1  # lstm.py: 0.
   return config

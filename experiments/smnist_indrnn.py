@@ -5,14 +5,13 @@
 IndRNN (Li et al., 2018, arXiv:1803.04831): h_t = relu(W x_t + b + u * h_{t-1}) with a
 diagonal recurrence u clipped to |u| <= 1. The paper's model is deeper (6 layers with
 batch normalisation between them: 99.0% sMNIST, 96.0% psMNIST); this one is sized for
-about an hour on one core of this 2-core CPU (~226 training examples/s).
+about an hour on one CPU core.
 
-Measured here (2026-11-25, one core, the other busy): NOT good. Validation accuracy
-42.5, 54.3, 59.9, 55.0% after epochs 1-4 (training accuracy ~62% at epoch 4.5), so
-the run was stopped. Without the normalisation between layers that the paper uses,
-stacked ReLU IndRNN layers learn slowly here; a normalised/residual variant is the
-next thing to try. For a model that does reach 97% on sMNIST within 2 hours on this
-CPU, see smnist_lru.py and smnist_lstm.py.
+Not a good recipe yet: without the normalisation between layers that the paper uses,
+these stacked ReLU IndRNN layers learn slowly and stalled near 60% validation
+accuracy (docs/results.md); a normalised or residual variant is the next thing
+to try. For sMNIST models that train well on a CPU, see smnist_lru.py and
+smnist_lstm.py.
 """
 
 from mnist_jax.config import get_config as base_config

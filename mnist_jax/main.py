@@ -9,7 +9,6 @@
 e.g. `--config.num_epochs=1 --config.model.hidden_size=64`; see mnist_jax/config.py.
 """
 
-import logging as pylogging
 import os
 import sys
 
@@ -51,17 +50,7 @@ flags.DEFINE_integer("cpu_devices", None, "One process on CPU: split each batch 
 flags.mark_flag_as_required("workdir")
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter from Orbax, TensorFlow and JAX; warnings still show."""
-
-  def filter(self, record):
-    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
-                for lib in ("orbax", "tensorflow", "tensorflow_datasets", "jax"))
-    return record.levelno >= pylogging.WARNING or not noisy
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   from mnist_jax import cli  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError
   try:

@@ -178,10 +178,11 @@ class CpuReplicas(Placement):
 
   XLA runs these models' small per-step matmuls ([100, 100] @ [100, 400]) on one
   core, so on a multi-core CPU the other cores would sit idle. Here each batch is split
-  into contiguous shards, one per CPU device (`jax_num_cpu_devices`, set by `main`);
-  each device computes its shard's gradients concurrently, device 0 averages them
-  (weighted by shard size: the full batch's mean-loss gradient) and applies the
-  optimizer, and the new parameters are copied back to the other devices.
+  into contiguous shards, one per CPU device (`jax_num_cpu_devices`, set by
+  `distributed.set_cpu_devices`); each device computes its shard's gradients
+  concurrently, device 0 averages them (weighted by shard size: the full batch's
+  mean-loss gradient) and applies the optimizer, and the new parameters are copied
+  back to the other devices.
 
   Kept by hand rather than the `data` mesh because XLA's in-process CPU all-reduce
   can deadlock when steps are dispatched back to back, and waiting for each step

@@ -176,12 +176,16 @@ class Predictor:
     preprocess = data.make_preprocess(self.config.data, constants.mean, constants.std,
                                       constants.permutation)
     apply_fn = models.build_model(self.config.model).apply
-    self._probabilities = jax.jit(lambda images: jax.nn.softmax(
+    self._params = params
+    # Parameters are an argument, not a closure: jit would bake closed-over arrays
+    # into the executable as constants.
+    self._probabilities = jax.jit(lambda params, images: jax.nn.softmax(
         apply_fn({"params": params}, preprocess(images), train=False)))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """Class probabilities [n, classes] for uint8 images [n, 28, 28]."""
-    return np.asarray(self._probabilities(np.asarray(images, np.uint8)), np.float64)
+    probabilities = self._probabilities(self._params, np.asarray(images, np.uint8))
+    return np.asarray(probabilities, np.float64)
 
 
 def predict_files(predictor: Predictor, paths: list[str]) -> list[dict]:

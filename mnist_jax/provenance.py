@@ -4,7 +4,7 @@
      "versions": {"jax": ..., "jaxlib", "flax", "optax", "orbax-checkpoint",
                   "tensorflow-datasets", "mnist_jax"},
      "git": {"commit": ..., "dirty": bool} or null (not a git checkout),
-     "host", "command", "backend", "devices", "placement",
+     "host", "command", "backend", "devices", "processes", "placement",
      "sessions": [{"start", "end", "status", "steps"}],   one per (re)start, UTC ISO
      "wall_time_s": sum of the sessions,
      "test": {"accuracy", "macro_f1", "checkpoint_step"}  once evaluated}
@@ -75,7 +75,6 @@ class RunInfo:
         "backend": jax.default_backend(), "devices": jax.device_count(),
         "processes": jax.process_count(), "placement": placement})
     self.session = {"start": _now(), "end": None, "status": "running"}
-    self._started = datetime.datetime.now(datetime.timezone.utc)
     self.info.setdefault("sessions", []).append(self.session)
     self._write()
 

@@ -1,7 +1,7 @@
 """The pure pieces of training: optimizer, train state, `train_step` and `eval_step`.
 
 Nothing here knows about devices, files or the loop: `parallel.py` jits these for a
-placement, `train.py` runs them, `evaluate.py` and `predict.py` reuse `eval_step` and
+placement, `train.py` runs them, `evaluate.py` reuses `eval_step` and `workdir.py`
 `abstract_params`.
 
 Batches are {"image": uint8 [batch, 28, 28], "label": int32 [batch]}; `preprocess`

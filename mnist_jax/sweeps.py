@@ -2,7 +2,7 @@
 
 `grid(axes)` expands {"seed": ["0", "1"], "model.hidden_size": ["64", "128"]} into
 runs; `Sweep.run()` trains them N at a time, each as its own `mnist_jax.main`
-process (so a crash stays in its run), pinned to a CPU core or given one GPU. Running
+process (so a crash stays in its run), with a share of the CPU cores or one GPU. Running
 the same sweep again skips finished runs and resumes interrupted ones (each run's own
 resume). `summary.py` turns the finished runs into tables and plots.
 
@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Sequence
 
+from mnist_jax import config as config_lib
 from mnist_jax.errors import ConfigError, UserError
 from mnist_jax.workdir import write_atomic
 
@@ -252,11 +253,8 @@ def _typed(config, key: str, text: str):
 
 def axes_for(config_path: str, flags_: Sequence[str]) -> Axes:
   """The grid's axes: the config file's `get_sweep()` (if any), then --sweep flags."""
-  import importlib.util
   axes: Axes = {}
-  spec = importlib.util.spec_from_file_location("_mnist_jax_sweep_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_experiment(config_path)
   if hasattr(module, "get_sweep"):
     axes.update({k: [str(v) for v in values]
                  for k, values in module.get_sweep().items()})

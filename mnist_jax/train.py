@@ -2,14 +2,12 @@
 
 `train(config, workdir)` trains into a workdir (see `workdir.py` for its files),
 resuming from its latest checkpoint. The steps are `steps.py`'s, placed on the devices
-by `parallel.py`; metrics go through `metric_writer.py`.
+by `parallel.py`; metrics go through `metric_writer.py`, signals through
+`preemption.py`.
 """
-
-import signal
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -21,55 +19,9 @@ from mnist_jax import parallel
 from mnist_jax import steps
 from mnist_jax.errors import NonFiniteError
 from mnist_jax.metric_writer import MetricWriter, Progress
+from mnist_jax.preemption import StopSignal
 from mnist_jax.provenance import RunInfo
 from mnist_jax.workdir import Workdir
-
-
-class StopSignal:
-  """Turns SIGTERM/SIGINT into a stop decision taken between steps (preemption notice).
-
-  With one process the decision is the local flag, checked after every step. With
-  several, a signal may reach only some of them (a pod scheduler preempting one
-  host), and a process that stops alone leaves the others blocked in the next
-  collective. So every `check_every` steps (and at epoch ends) all processes share
-  their flags in one small all-gather and stop together, at the same step. A second
-  signal stops at once (KeyboardInterrupt).
-  """
-
-  def __init__(self, check_every: int = 10):
-    self.received = None
-    self.check_every = check_every
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.received is not None:
-      raise KeyboardInterrupt
-    self.received = signal.Signals(signum).name
-
-  def decision(self, step: int, epoch_end: bool) -> str | None:
-    """The signal all processes stop for after `step`, or None to go on.
-
-    Every process must call this after every step: with several processes it is a
-    collective at the steps where it checks.
-    """
-    if jax.process_count() == 1:
-      return self.received
-    if step % self.check_every and not epoch_end:
-      return None
-    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-    if not np.any(flags):
-      return None
-    return self.received or f"a signal to process {int(np.argmax(flags))}"
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 class _Run:
@@ -100,6 +52,7 @@ class _Run:
       self.history.update(meta.get("history", {}))
       logging.info("Resumed from checkpoint at step %d (epoch %.2f).", latest,
                    latest / self.spe)
+    self.step = int(jax.device_get(self.state.step))  # The last step taken.
     self.train_step = self.placement.train_step(
         state.apply_fn, preprocess=preprocess,
         label_smoothing=config.optimizer.label_smoothing,
@@ -170,6 +123,44 @@ class _Run:
     return bool(patience) and self.history["epochs_since_best"] >= patience
 
 
+def _run_steps(run: _Run, total_steps: int, progress: Progress) -> str | None:
+  """Trains from `run.step` to `total_steps`, validating and saving at epoch ends.
+
+  Returns the signal the run stopped for (it is saved, resumable), or None when it
+  reached `total_steps` or stopped early.
+  """
+  config, spe = run.config, run.spe
+  pending = []  # Device metrics since the last flush (no per-step host sync).
+  with StopSignal() as stop:
+    for batch in data.train_batches(run.splits["train"], run.order, run.step,
+                                    total_steps, run.placement.put_batch):
+      run.state, metrics = run.train_step(run.state, batch)
+      pending.append(metrics)
+      run.step += 1
+      step = run.step
+      progress.update()
+      epoch_end = step % spe == 0
+      stopping = stop.decision(step, epoch_end)
+      if step % config.log_every_steps == 0 or epoch_end or stopping:
+        run.flush(step, pending, progress)
+      if epoch_end:  # Validated and saved first, even when stopping.
+        run.save(step, run.validate(step), force=bool(stopping))
+        if run.early_stopped():
+          logging.info("Early stopping: no validation gain for %d epochs.",
+                       config.early_stopping_patience)
+          return None
+      elif stopping:
+        run.save(step, force=True)
+      elif (config.checkpoint_every_steps
+            and step % config.checkpoint_every_steps == 0):
+        run.flush(step, pending, progress)
+        run.save(step)
+      if stopping:
+        return stopping
+  run.flush(run.step, pending, progress)
+  return None
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the experiment in `workdir`.
 
@@ -187,57 +178,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   run = _Run(config_lib.resolve(config), workdir)
   run_info = RunInfo(workdir, run.placement.describe())
-  config, spe = run.config, run.spe
-  start_step = int(jax.device_get(run.state.step))
-  total_steps = spe * config.num_epochs
+  start_step = run.step
+  total_steps = run.spe * run.config.num_epochs
   if run.early_stopped():  # Running the command again must not train on.
     logging.info("Early-stopped at step %d (no validation gain for %d epochs); "
                  "nothing left to train.", start_step,
                  run.history["epochs_since_best"])
     total_steps = start_step
-  progress = Progress(start_step, total_steps, config.batch_size)
-  pending = []  # Device metrics since the last flush (no per-step host sync).
-  stopped_by, step, status = None, start_step, "failed"
+  progress = Progress(start_step, total_steps, run.config.batch_size)
+  stopped_by, status = None, "failed"
   try:
-    with StopSignal() as stop:
-      for batch in data.train_batches(run.splits["train"], run.order, start_step,
-                                      total_steps, run.placement.put_batch):
-        run.state, metrics = run.train_step(run.state, batch)
-        pending.append(metrics)
-        step += 1
-        progress.update()
-        epoch_end = step % spe == 0
-        stopping = stop.decision(step, epoch_end)
-        if step % config.log_every_steps == 0 or epoch_end or stopping:
-          run.flush(step, pending, progress)
-        if epoch_end:  # Validated and saved first, even when stopping.
-          run.save(step, run.validate(step), force=bool(stopping))
-          if run.early_stopped():
-            logging.info("Early stopping: no validation gain for %d epochs.",
-                         config.early_stopping_patience)
-            break
-        elif stopping:
-          run.save(step, force=True)
-        elif (config.checkpoint_every_steps
-              and step % config.checkpoint_every_steps == 0):
-          run.flush(step, pending, progress)
-          run.save(step)
-        if stopping:
-          stopped_by = stopping
-          break
-      else:
-        run.flush(step, pending, progress)
-      if step == start_step and run.store.latest_step() is None:
-        # A zero-step run still leaves a checkpoint to evaluate.
-        run.save(step, run.validate(step, track_best=False))
+    stopped_by = _run_steps(run, total_steps, progress)
+    if run.step == start_step and run.store.latest_step() is None:
+      # A zero-step run still leaves a checkpoint to evaluate.
+      run.save(run.step, run.validate(run.step, track_best=False))
     run.store.wait()  # Surfaces async save errors before the run counts as ended.
     status = "stopped" if stopped_by else "completed"
   finally:
     progress.close()
     run.writer.close()
     run.store.wait()  # Surfaces async save errors, even when leaving on an exception.
-    run_info.end(status, step)
-  result = {"completed": stopped_by is None, "step": step, "stopped_by": stopped_by,
+    run_info.end(status, run.step)
+  result = {"completed": stopped_by is None, "step": run.step, "stopped_by": stopped_by,
             "best_step": run.store.best_step(),
             "val_accuracy": run.history["best_val_accuracy"], "run_info": run_info}
   run.store.close()

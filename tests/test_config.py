@@ -1,6 +1,5 @@
 """Config: every key declared, typos caught, overrides work, bad values are one line."""
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -15,10 +14,7 @@ REQUIRED = ["seed_rnn", "seed_lstm", "lstm", "gru", "smnist_lstm", "psmnist_lstm
 
 
 def load_experiment(name):
-  spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_experiment(str(EXPERIMENTS / f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", REQUIRED)

@@ -13,6 +13,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
 from mnist_jax import parallel
+from mnist_jax import preemption
 from mnist_jax import steps
 from mnist_jax import train
 from mnist_jax.errors import ConfigError
@@ -249,7 +250,7 @@ def test_a_second_signal_stops_at_once():
   import signal
   import time
   before = signal.getsignal(signal.SIGTERM)
-  with train.StopSignal() as stop:
+  with preemption.StopSignal() as stop:
     assert stop.decision(1, epoch_end=False) is None
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.05)  # The handler runs in the main thread between bytecodes.

@@ -3,8 +3,8 @@
 A cell splits its step into two parts so that the layer can run fast:
 
 * the input projection `input`: x_t -> W_x x_t + b, one Dense for all gates, applied
-  by `__call__` to each step's raw input inside the loop (measured faster here than
-  hoisting it out of the loop; see `__call__`).
+  by `__call__` to each step's raw input inside the loop (faster on CPU than hoisting
+  it out of the loop; see `__call__`).
 * `recurrence(params, carry, projected_t)`: a pure function with everything that depends
   on the previous state (one fused [hidden, gates * hidden] matmul per step). It is what
   `jax.lax.scan` iterates.
@@ -120,9 +120,8 @@ class RecurrentCell(HasOptions, nn.Module):
   def recurrent_kernel_init(self, key, shape, dtype=jnp.float32):
     """One orthogonal [hidden, gates * hidden] matrix (orthonormal rows), as Keras.
 
-    The seed notebook was Keras; per-gate orthogonal blocks (twice the recurrent gain
-    per gate) gave 98.22% mean test accuracy over 3 seeds of the seed LSTM recipe, this
-    98.29% over 2 (noise-level, but the faithful choice).
+    The seed notebook was Keras, so this is the faithful choice; per-gate orthogonal
+    blocks did no better (docs/performance.md, "Tried and dropped").
     """
     return nn.initializers.orthogonal()(key, shape, dtype)
 
@@ -160,8 +159,8 @@ class RecurrentCell(HasOptions, nn.Module):
     """
     # The input projection W_x x_t + b runs inside the loop, one step at a time, on
     # time-major raw inputs. Hoisting it out as one [batch * time] matmul, the textbook
-    # trick, writes and transposes a [batch, time, gates * hidden] array per batch:
-    # evaluation ran 2x slower that way on CPU (docs/performance.md).
+    # trick, writes and transposes a [batch, time, gates * hidden] array per batch,
+    # which made evaluation slower on CPU (docs/performance.md).
     self.input(inputs[:, :0])  # Creates input/kernel and input/bias; computes nothing.
     dense = self.input.variables["params"]
     kernel, bias = dense["kernel"], dense["bias"]

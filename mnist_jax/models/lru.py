@@ -54,9 +54,10 @@ class LRU(nn.Module):
   keeps |lambda| < 1 (stable) whatever the optimizer does. gamma normalises the state's
   variance for white-noise input, so units with |lambda| near 1 do not blow up.
 
-  Following the cell contract (`base.py`), the input projection gamma * B x is computed
-  for all steps at once outside the time loop, and `recurrence` holds what depends on
-  the previous state. All parameters are real (complex numbers are formed inside).
+  Unlike the step-by-step cells of the contract (`base.py`), the LRU is linear in its
+  state, so the input projection gamma * B x is computed for all steps at once and
+  only `recurrence` (one step) runs over time, as an associative scan or `lax.scan`.
+  All parameters are real (complex numbers are formed inside).
 
   Attributes:
     hidden_size: model width H (input and output size).

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.base import RecurrentCell
+from mnist_jax.models.base import Option, RecurrentCell, is_positive
 
 
 class IndRNN(RecurrentCell):
@@ -36,6 +36,9 @@ class IndRNN(RecurrentCell):
   recurrent_max: float | None = 1.0
 
   num_gates = 1
+  OPTIONS = {"recurrent_max": Option(
+      1.0, "|u| is clipped to this in the forward pass; None: no clipping.",
+      lambda v: v is None or is_positive(v), "a positive number or None", float)}
 
   def setup(self):
     # Same input projection as the base class; the recurrent weight is a vector.

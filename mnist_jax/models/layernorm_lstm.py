@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax.models.base import Option, is_positive
 from mnist_jax.models.lstm import (LSTM, gate_activations, gate_preactivation_grad,
                                    split_gates)
 
@@ -27,6 +28,10 @@ class LayerNormLSTM(LSTM):
   `cell_norm_scale` and `cell_norm_bias` [hidden].
   """
   recurrent_norm_init: float = 0.1
+
+  OPTIONS = {**LSTM.OPTIONS, "recurrent_norm_init": Option(
+      0.1, "Initial scale gamma_h of the normalised recurrent term.", is_positive,
+      "a positive number")}
 
   def setup(self):
     super().setup()

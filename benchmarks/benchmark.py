@@ -106,8 +106,8 @@ PRESETS = {
     "seed_lstm": ("seed_lstm.py", {}),
     "seed_rnn": ("seed_rnn.py", {}),
     "gru": ("seed_lstm.py", {"model.name": "gru"}),
-    "smnist_lstm": ("seed_lstm.py", {"data.sequence": "pixels",
-                                     "model.hidden_size": 128}),
+    "pixel_lstm": ("seed_lstm.py", {"data.sequence": "pixels",
+                                    "model.hidden_size": 128}),
 }
 
 

@@ -11,7 +11,6 @@ appear here as `model.options.<cell>.<option>`, e.g.
 """
 
 import importlib.util
-import json
 import math
 import os
 import types
@@ -215,12 +214,24 @@ def _dotted_keys(values: dict, prefix: str = "") -> set[str]:
   return keys
 
 
+# Keys of `config.model` before cells declared their own options (workdirs written
+# then still load: `workdir.py` moves them): old key -> the cells whose option it
+# set, and that option's name.
+LEGACY_MODEL_KEYS = {
+    "activation": (("simple_rnn",), "activation"),
+    "irnn_scale": (("irnn",), "identity_scale"),
+    "lstm_chrono_max_timescale": (("lstm", "layernorm_lstm"), "chrono_max_timescale"),
+    **{f"lru_{key}": (("lru",), key)
+       for key in ("state_size", "r_min", "r_max", "max_phase", "scan", "mix")},
+}
+
+
 def _check_known_keys(config: ml_collections.ConfigDict) -> None:
   """An experiment file can add keys to the unlocked base config: refuse them."""
   known = _dotted_keys(get_config().to_dict())
   unknown = sorted(_dotted_keys(config.to_dict()) - known)
   if unknown:
-    legacy = [k for k in unknown if k.split(".")[-1] in _LEGACY_MODEL_KEYS]
+    legacy = [k for k in unknown if k.split(".")[-1] in LEGACY_MODEL_KEYS]
     hint = (" (cell settings now live in model.options.<cell>, e.g. "
             "model.options.lstm.chrono_max_timescale)" if legacy else "")
     raise ConfigError(f"config.{unknown[0]} is not a config field{hint}; see "
@@ -332,57 +343,3 @@ def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None
     if opt.name != "adamw":
       raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
                         "adamw; set optimizer.name='adamw' or unset it.")
-
-
-def to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
-
-
-# Keys of `config.model` before cells declared their own options (workdirs written
-# then still load): old key -> the cells whose option it set, and that option's name.
-_LEGACY_MODEL_KEYS = {
-    "activation": (("simple_rnn",), "activation"),
-    "irnn_scale": (("irnn",), "identity_scale"),
-    "lstm_chrono_max_timescale": (("lstm", "layernorm_lstm"), "chrono_max_timescale"),
-    **{f"lru_{key}": (("lru",), key)
-       for key in ("state_size", "r_min", "r_max", "max_phase", "scan", "mix")},
-}
-
-
-def _migrate(saved: dict) -> dict:
-  """A saved config dict in today's layout (moves the legacy model keys)."""
-  model = saved.get("model")
-  if not isinstance(model, dict):
-    return saved
-  options = model.setdefault("options", {})
-  for old, (cells, key) in _LEGACY_MODEL_KEYS.items():
-    if old in model:
-      value = model.pop(old)
-      for cell in cells:
-        options.setdefault(cell, {})[key] = value
-  return saved
-
-
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """Rebuilds a saved config on top of the base one, so new keys get defaults.
-
-  Raises:
-    ConfigError: the text is not a config written by mnist_jax.
-  """
-  saved = _migrate(json.loads(text))
-  config = get_config()
-  config.unlock()
-
-  def merge(target, values, prefix=""):
-    for key, value in values.items():
-      if key not in target:
-        raise ConfigError(f"saved config has unknown key {prefix}{key}; it was written "
-                          f"by another version of mnist_jax.")
-      if isinstance(value, dict):
-        merge(target[key], value, f"{prefix}{key}.")
-      else:
-        with target.ignore_type():
-          target[key] = value
-
-  merge(config, saved)
-  return config

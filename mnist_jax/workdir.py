@@ -81,6 +81,50 @@ def differences(old: dict, new: dict) -> list[str]:
           if a.get(k) != b.get(k)]
 
 
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  """The text of WORKDIR/config.json."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def _migrate(saved: dict) -> dict:
+  """A saved config dict in today's layout (moves the legacy model keys)."""
+  model = saved.get("model")
+  if not isinstance(model, dict):
+    return saved
+  options = model.setdefault("options", {})
+  for old, (cells, key) in config_lib.LEGACY_MODEL_KEYS.items():
+    if old in model:
+      value = model.pop(old)
+      for cell in cells:
+        options.setdefault(cell, {})[key] = value
+  return saved
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """Rebuilds a saved config on top of the base one, so new keys get defaults.
+
+  Raises:
+    ConfigError: the text is not a config written by mnist_jax.
+  """
+  saved = _migrate(json.loads(text))
+  config = config_lib.get_config()
+  config.unlock()
+
+  def merge(target, values, prefix=""):
+    for key, value in values.items():
+      if key not in target:
+        raise ConfigError(f"saved config has unknown key {prefix}{key}; it was written "
+                          f"by another version of mnist_jax.")
+      if isinstance(value, dict):
+        merge(target[key], value, f"{prefix}{key}.")
+      else:
+        with target.ignore_type():
+          target[key] = value
+
+  merge(config, saved)
+  return config
+
+
 def read_config(path: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json as a config (legacy layouts migrated), not yet resolved."""
   file = os.path.join(path, "config.json")
@@ -88,7 +132,7 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     raise WorkdirError(f"{path} has no config.json; is it a training workdir?")
   try:
     with open(file) as f:
-      return config_lib.from_json(f.read())
+      return config_from_json(f.read())
   except (ValueError, ConfigError, OSError) as e:
     raise WorkdirError(f"{file} cannot be read ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}); restore it from "
@@ -128,7 +172,7 @@ class Workdir:
             f"{path} holds another run ({'; '.join(changed)}); use a new --workdir, "
             f"or the config it was trained with.")
     if jax.process_index() == 0:
-      write_atomic(os.path.join(path, "config.json"), config_lib.to_json(config))
+      write_atomic(os.path.join(path, "config.json"), config_to_json(config))
     return cls(path, config)
 
   @classmethod

@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from mnist_jax import config as config_lib
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -86,8 +87,8 @@ def test_json_round_trip_keeps_nesting():
   cfg.model.hidden_size = 77
   cfg.data.sequence = "permuted_pixels"
   resolved = config_lib.resolve(cfg)
-  text = config_lib.to_json(resolved)
-  back = config_lib.from_json(text)
+  text = workdir_lib.config_to_json(resolved)
+  back = workdir_lib.config_from_json(text)
   assert back.to_dict() == resolved.to_dict()
   assert '"hidden_size": 77' in text and '"permutation_seed": 0' in text
 

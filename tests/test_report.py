@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from mnist_jax import config as config_lib
+from mnist_jax import workdir as workdir_lib
 from mnist_jax import evaluate
 from mnist_jax import report
 from mnist_jax import results
@@ -19,7 +20,7 @@ def _fake_workdir(path, config, *, epochs=3, steps_per_epoch=4, evaluated=True,
                   seed=0):
   """A workdir as training + evaluation leave it, with made-up numbers."""
   path.mkdir(parents=True)
-  (path / "config.json").write_text(config_lib.to_json(config))
+  (path / "config.json").write_text(workdir_lib.config_to_json(config))
   rng = np.random.default_rng(seed)
   lines = []
   for step in range(2, epochs * steps_per_epoch + 1, 2):

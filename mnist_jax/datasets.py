@@ -159,10 +159,11 @@ def class_names(name: str, tfds_dir: str | None = None) -> list[str]:
 
 # The prepared dataset as plain arrays, beside tfds' version folders:
 # TFDS_DIR/NAME/mnist_jax_arrays.npz. Reading it needs no TensorFlow, whose import
-# is most of the time of reading through tfds (docs/performance.md). It records which prepared folder it came from (name and SHA-256 of its
-# dataset_info.json) and is ignored if that folder changed or is gone, or if the file
-# does not load or lacks an array. It is written to a temporary file, synced and
-# renamed, so a killed run (or a crash) never leaves half a file under its name.
+# is most of the time of reading through tfds (docs/performance.md). It records
+# which prepared folder it came from (name and SHA-256 of its dataset_info.json) and
+# is ignored if that folder changed or is gone, or if the file does not load or lacks
+# an array. It is written to a temporary file, synced and renamed, so a killed run
+# (or a crash) never leaves half a file under its name.
 _ARRAY_CACHE = "mnist_jax_arrays.npz"
 _ARRAY_CACHE_FORMAT = 2  # 2: with each image's position in the official files.
 _SPLIT_ARRAYS = {"train_images": np.uint8, "train_labels": np.int32,

@@ -270,7 +270,6 @@ def axes_for(config_path: str, flags_: Sequence[str]) -> Axes:
 def check_runs(config, runs: Sequence[Run]) -> None:
   """Resolves every run's config before anything starts (one-line ConfigError)."""
   from ml_collections import config_dict
-  from mnist_jax import config as config_lib
   for run in runs:
     cfg = config_dict.ConfigDict(config.to_dict())
     with cfg.ignore_type():

@@ -127,7 +127,8 @@ def _run_steps(run: _Run, total_steps: int, progress: Progress) -> str | None:
   """Trains from `run.step` to `total_steps`, validating and saving at epoch ends.
 
   Returns the signal the run stopped for (it is saved, resumable), or None when it
-  reached `total_steps` or stopped early.
+  reached `total_steps` or stopped early. A run with no step to take saves its
+  initial state, so that there is a checkpoint to evaluate.
   """
   config, spe = run.config, run.spe
   pending = []  # Device metrics since the last flush (no per-step host sync).
@@ -157,7 +158,9 @@ def _run_steps(run: _Run, total_steps: int, progress: Progress) -> str | None:
         run.save(step)
       if stopping:
         return stopping
-  run.flush(run.step, pending, progress)
+    run.flush(run.step, pending, progress)
+    if run.store.latest_step() is None:  # A zero-step run still leaves a checkpoint.
+      run.save(run.step, run.validate(run.step, track_best=False))
   return None
 
 
@@ -189,9 +192,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stopped_by, status = None, "failed"
   try:
     stopped_by = _run_steps(run, total_steps, progress)
-    if run.step == start_step and run.store.latest_step() is None:
-      # A zero-step run still leaves a checkpoint to evaluate.
-      run.save(run.step, run.validate(run.step, track_best=False))
     run.store.wait()  # Surfaces async save errors before the run counts as ended.
     status = "stopped" if stopped_by else "completed"
   finally:

@@ -37,8 +37,8 @@ class IndRNN(RecurrentCell):
 
   num_gates = 1
   OPTIONS = {"recurrent_max": Option(
-      1.0, "|u| is clipped to this in the forward pass; None: no clipping.",
-      lambda v: v is None or is_positive(v), "a positive number or None", float)}
+      1.0, "|u| is clipped to this in the forward pass.", is_positive,
+      "a positive number")}
 
   def setup(self):
     # Same input projection as the base class; the recurrent weight is a vector.

@@ -5,16 +5,16 @@ import statistics
 import ml_collections
 
 from mnist_jax import data
+from mnist_jax import results
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
   m = config.model
-  cell = {"lstm": "LSTM", "gru": "GRU",
-          "simple_rnn": f"RNN-{m.options.simple_rnn.activation}"}.get(m.name, m.name)
-  layers = f"{m.num_layers}x" if m.num_layers > 1 else ""
-  bi = "bi-" if m.bidirectional else ""
+  model = results.describe_model(m.to_dict())
+  if m.name == "simple_rnn":
+    model += f", {m.options.simple_rnn.activation}"
   steps = data.input_shape(config.data)[0]
-  return f"{layers}{bi}{cell}({m.hidden_size}) {config.data.sequence} T={steps}"
+  return f"{model}; {config.data.sequence} T={steps}"
 
 
 def _spread(values: list[float]) -> str:

@@ -6,6 +6,7 @@ of the library unimported until the flags have parsed, so `--help` is instant.
 
 import logging as logging_lib
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -18,7 +19,10 @@ _HELP = ("--help", "-h", "-?", "--helpshort")
 
 def flags_parser(doc: str) -> Callable[[list[str]], list[str]]:
   """absl's flag parsing, with a --help that lists the flags and exits 0, and one-line
-  errors for a missing config file or a --config.KEY that names no field."""
+  errors (`error: ...; see --help.`) for bad flags, a missing or broken config file,
+  or a --config.KEY that names no field. absl's own `app.parse_flags_with_usage`
+  prints two lines ("FATAL Flags parsing error" and where help is), so it is not used.
+  """
 
   def parse(argv: list[str]) -> list[str]:
     args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
@@ -30,17 +34,48 @@ def flags_parser(doc: str) -> Callable[[list[str]], list[str]]:
       sys.exit(0)
     _check_config_path(args)
     try:
-      return app.parse_flags_with_usage(argv)
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      sys.exit(f"error: {_one_line(str(e)).rstrip('.')}; see --help.")
+    except SyntaxError as e:  # config_flags imports the file: not Python (README.md?).
+      sys.exit(f"error: --config: {e.filename} is not valid Python (line {e.lineno}: "
+               f"{e.msg}); experiment configs are like experiments/seed_lstm.py.")
     except (AttributeError, KeyError) as e:  # config_flags: the config has no KEY.
-      cause = e.__context__ if isinstance(e.__context__, KeyError) else e
-      detail = str(cause.args[0]) if cause.args else str(cause)
-      key = detail.splitlines()[0].strip("'\"") if detail else ""
-      if not key or not any(a.startswith("--config.") and key in a for a in args):
-        raise  # Not an override's fault (e.g. a bug in the config file): keep it.
-      sys.exit(f"error: --config override names no config field: "
-               f"{' '.join(detail.split())} (see mnist_jax/config.py).")
+      _exit_for_missing_key(e, args)
+      raise  # Not an override's fault (e.g. a bug in the config file): keep it.
 
   return parse
+
+
+def _exit_for_missing_key(error: Exception, args: Sequence[str]) -> None:
+  """Exits with one line when `error` is a --config.KEY naming no field, or a config
+  file without get_config(); returns for anything else."""
+  cause = error.__context__ if isinstance(error.__context__, KeyError) else error
+  detail = str(cause.args[0]) if cause.args else str(cause)
+  key = detail.splitlines()[0].strip("'\"") if detail else ""
+  if key and any(a.startswith("--config.") and key in a for a in args):
+    sys.exit(f"error: --config override names no config field: "
+             f"{' '.join(detail.split())} (see mnist_jax/config.py).")
+  if isinstance(error, AttributeError) and error.name == "get_config":
+    value = " ".join(_config_values(args)[-1:])
+    sys.exit(f"error: --config={value}: defines no get_config(); "
+             f"experiment configs do, like experiments/seed_lstm.py.")
+
+
+def _one_line(message: str) -> str:
+  """absl's flag error on one line. A traceback inside it (config_flags quotes one when
+  a config file's get_config raises) shrinks to its last line and the innermost place
+  outside installed packages: where to look, without the traceback."""
+  head, found, trace = message.partition("Traceback (most recent call last):")
+  text = " ".join(head.split()).rstrip(":")
+  if not found:
+    return text
+  lines = [line.strip() for line in trace.splitlines() if line.strip()]
+  places = [(path, line) for path, line in re.findall(r'File "([^"]+)", line (\d+)',
+                                                        trace)
+            if "-packages" + os.sep not in path]
+  where = f" ({places[-1][0]}, line {places[-1][1]})" if places else ""
+  return f"{text}: {lines[-1] if lines else 'failed'}{where}"
 
 
 def config_overrides(argv: Sequence[str]) -> list[str]:
@@ -48,15 +83,20 @@ def config_overrides(argv: Sequence[str]) -> list[str]:
   return [a for a in argv[1:] if a.startswith("--config.")]
 
 
-def _check_config_path(args: Sequence[str]) -> None:
-  """Exits with one line if --config names a file that does not exist."""
+def _config_values(args: Sequence[str]) -> list[str]:
+  """The values given to --config in `args`, in order."""
+  values = []
   for i, arg in enumerate(args):
     if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
+      values.append(arg.split("=", 1)[1])
     elif arg == "--config" and i + 1 < len(args):
-      value = args[i + 1]
-    else:
-      continue
+      values.append(args[i + 1])
+  return values
+
+
+def _check_config_path(args: Sequence[str]) -> None:
+  """Exits with one line if --config names a file that does not exist."""
+  for value in _config_values(args):
     path = value.split(":", 1)[0]  # config_flags: FILE[:ARGUMENT].
     if not os.path.isfile(path):
       sys.exit(f"error: --config={value}: no such file; experiment configs are in "
@@ -71,12 +111,25 @@ def use_compilation_cache(folder: str) -> None:
   while writing it) is reported by JAX as a warning and compiled again.
 
   Args:
-    folder: the cache folder ("~" expanded); empty: leave the cache off.
+    folder: the cache folder ("~" expanded), created now; empty, or a folder that
+      cannot be created (a warning then says so): leave the cache off.
   """
   if not folder:
     return
+  folder = os.path.expanduser(folder)
+  try:  # JAX would warn at every compilation instead (a file there, a read-only disk).
+    os.makedirs(folder, exist_ok=True)
+    problem = None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
+  except FileExistsError:
+    problem = "a file, not a folder"
+  except OSError as e:
+    problem = e.strerror or str(e)
+  if problem:
+    logging.warning("--compilation_cache=%s: %s; compiling without a cache.", folder,
+                    problem)
+    return
   import jax
-  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+  jax.config.update("jax_compilation_cache_dir", folder)
   # The defaults skip programs that compile in under 1 s; here those add up to seconds.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -114,7 +167,12 @@ def setup(compilation_cache: str, cpu_devices: int | None,
           coordinator_address: str | None, num_processes: int | None,
           process_id: int | None) -> None:
   """Quiet library logs, compilation cache, then several processes or several CPU
-  devices, before JAX starts any backend."""
+  devices, before JAX starts any backend; with $JAX_PLATFORMS set, the backend then
+  starts at once, so a platform missing here is a one-line error.
+
+  Raises:
+    ConfigError: bad --cpu_devices or process flags, or an unusable $JAX_PLATFORMS.
+  """
   from mnist_jax import distributed, hugepages
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sys.unraisablehook = _ignore_closed_event_loops
@@ -128,6 +186,8 @@ def setup(compilation_cache: str, cpu_devices: int | None,
   elif cpu_devices is not None:
     logging.warning("--cpu_devices ignored: several processes use the data mesh, "
                     "one CPU device each.")
+  if os.environ.get("JAX_PLATFORMS"):  # Else the first computation starts it.
+    distributed.start_backend()
 
 
 def run_mode(mode: str, workdir: str, *, config=None, checkpoint=None,

@@ -7,7 +7,8 @@ In Python, `override(config, {"model.hidden_size": 64})` does the same.
 
 A cell's own settings are declared beside the cell (`models/*.py`, `OPTIONS`) and
 appear here as `model.options.<cell>.<option>`, e.g.
-`--config.model.options.lru.state_size=64`; only the chosen cell's are used.
+`--config.model.options.lru.state_size=64`; only the chosen cell's are used. An
+import-path cell's ("module:Class", models/external.py) are in model.options.external.
 """
 
 import importlib.util
@@ -45,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data = ml_collections.ConfigDict()
   data.name = "mnist"  # One of DATASETS (tfds names).
   # Folder holding the dataset's four canonical .gz files. None: $MNIST_JAX_MANUAL_DIR/
-  # <data.name> when that variable is set, else tfds downloads as usual.
+  # <data.name> when that variable is set, else the MNIST files shipped with the
+  # package (mnist_jax/dataset_files/), else tfds downloads as usual.
   data.manual_dir = config_dict.placeholder(str)
   data.tfds_dir = config_dict.placeholder(str)  # tfds data_dir. None: tfds' default.
   data.validation_size = 5000  # Held out from the head of tfds' train split.
@@ -58,7 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.augment_max_shift = 0  # Random translation by up to this many pixels (train).
 
   config.model = model = ml_collections.ConfigDict()
-  model.name = "lstm"  # A recurrent cell in the registry, `mnist_jax.models.CELLS`.
+  # A cell in the registry (`mnist_jax.models.CELLS`: lstm, gru, ...) or the import
+  # path "module:Class" of a RecurrentCell or flax.linen.RNNCellBase subclass, e.g.
+  # "flax.linen:GRUCell"; its module on PYTHONPATH or beside the experiment file.
+  model.name = "lstm"
   model.hidden_size = 100  # Units per direction in each recurrent layer.
   model.num_layers = 1  # Stacked recurrent layers.
   model.bidirectional = False  # Add a time-reversed layer beside each forward one.
@@ -67,7 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10  # Output classes (both datasets have ten).
   # Each cell's own settings, declared (with their meaning) in its file's `OPTIONS`.
+  # An import-path cell's go in options.external, empty here: the experiment file adds
+  # them (`config.model.options.external.reset_gate = False`; str/int/float/bool
+  # constructor arguments only), then the command line may override them.
   model.options = cell_options()
+  # An import-path cell's module file; resolve records it so that a restored workdir
+  # imports it again where the module is not importable by name.
+  model.cell_file = config_dict.placeholder(str)
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = "adam"  # One of OPTIMIZERS.
@@ -92,6 +103,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100  # Training metrics and progress line period.
   config.max_train_examples = config_dict.placeholder(int)  # Subset for smoke tests.
   config.max_eval_examples = config_dict.placeholder(int)  # Subset for smoke tests.
+
+  # Weights & Biases, beside metrics.jsonl and TensorBoard (mnist_jax/wandb_writer.py;
+  # `pip install -e '.[wandb]'`). Off: wandb is never imported.
+  config.wandb = wandb = ml_collections.ConfigDict()
+  wandb.enabled = False  # Log metrics, the config and the test metrics to a W&B run.
+  wandb.project = "mnist_jax"  # W&B project.
+  wandb.entity = config_dict.placeholder(str)  # Team or user. None: W&B's default.
+  # Runs shown together; a sweep sets it to its folder's name. None: no group.
+  wandb.group = config_dict.placeholder(str)
+  wandb.tags = ""  # Comma-separated, e.g. "baseline,rows".
+  # "online", "offline" (WORKDIR/wandb/ only, no account; `wandb sync` uploads it) or
+  # "disabled". None: $WANDB_MODE, else online.
+  wandb.mode = config_dict.placeholder(str)
   return config
 
 
@@ -104,6 +128,7 @@ def cell_options() -> ml_collections.ConfigDict:
         key: (config_dict.placeholder(option.value_type()) if option.default is None
               else option.default)
         for key, option in cell.OPTIONS.items()})
+  options[models.external.OPTIONS_KEY] = ml_collections.ConfigDict()
   return options
 
 
@@ -141,11 +166,32 @@ def from_experiment(path: str) -> ml_collections.ConfigDict:
   return load_experiment(path).get_config()
 
 
+# Folders of the experiment files `load_experiment` loaded: a cell module named in
+# model.name ("my_cells:MyCell") may sit beside its experiment file.
+_EXPERIMENT_DIRS: list[str] = []
+
+
+def experiment_dirs() -> list[str]:
+  """Where an import-path cell's module is looked for when it is not importable by
+  name: the --config file's folder, then those of the files `load_experiment` read."""
+  from absl import flags
+  from ml_collections import config_flags
+  try:  # mnist-jax and mnist-jax-sweep load --config with config_flags, not here.
+    flag_dirs = [os.path.dirname(os.path.abspath(config_flags.get_config_filename(
+        flags.FLAGS["config"]).split(":")[0]))]
+  except (KeyError, TypeError, flags.Error):  # No such flag or not parsed: a library.
+    flag_dirs = []
+  return list(dict.fromkeys(flag_dirs + _EXPERIMENT_DIRS))
+
+
 def load_experiment(path: str) -> types.ModuleType:
   """The experiment config file at `path`, loaded as a module (`get_config`, and
   `get_sweep` where it has one)."""
   if not os.path.isfile(path):
     raise ConfigError(f"experiment config file {path} does not exist.")
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in _EXPERIMENT_DIRS:
+    _EXPERIMENT_DIRS.append(folder)
   module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
@@ -165,6 +211,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Raises:
     ConfigError: if any field is invalid.
   """
+  from mnist_jax import models  # Local import: models know nothing of the config.
   config = config_dict.ConfigDict(config.to_dict())  # Copy: never mutate the caller's.
   data = config.data
   if data.manual_dir is None and os.environ.get(MANUAL_DIR_ENV):
@@ -180,6 +227,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       data.permutation = "random"
     if data.permutation == "random" and data.permutation_seed is None:
       data.permutation_seed = 0
+  models.complete_model(config.model, experiment_dirs())
   validate(config)
   config.lock()
   return config
@@ -228,8 +276,10 @@ LEGACY_MODEL_KEYS = {
 
 def _check_known_keys(config: ml_collections.ConfigDict) -> None:
   """An experiment file can add keys to the unlocked base config: refuse them."""
+  from mnist_jax.models import external  # Its keys are the experiment file's choice.
   known = _dotted_keys(get_config().to_dict())
-  unknown = sorted(_dotted_keys(config.to_dict()) - known)
+  unknown = sorted(key for key in _dotted_keys(config.to_dict()) - known
+                   if not key.startswith(f"model.options.{external.OPTIONS_KEY}."))
   if unknown:
     legacy = [k for k in unknown if k.split(".")[-1] in LEGACY_MODEL_KEYS]
     hint = (" (cell settings now live in model.options.<cell>, e.g. "
@@ -249,6 +299,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_data(config.data)
   _validate_model(config.model, config.data.name)
   _validate_optimizer(config.optimizer, config.num_epochs)
+  from mnist_jax import wandb_writer  # Does not import wandb.
+  wandb_writer.validate(config.wandb)
 
 
 def _validate_run(config: ml_collections.ConfigDict) -> None:
@@ -302,7 +354,7 @@ def _validate_data(data: ml_collections.ConfigDict) -> None:
 
 def _validate_model(model: ml_collections.ConfigDict, dataset: str) -> None:
   from mnist_jax import models  # Local import: models know nothing of the config.
-  _choice(model.name, "model.name", tuple(sorted(models.CELLS)))
+  models.check_model(model, experiment_dirs())  # The name, then the cell's options.
   _positive(model.hidden_size, "model.hidden_size")
   _positive(model.num_layers, "model.num_layers")
   _positive(model.unroll, "model.unroll")
@@ -313,7 +365,6 @@ def _validate_model(model: ml_collections.ConfigDict, dataset: str) -> None:
   if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)
-  models.check_options(model.name, model.options[model.name].to_dict())
 
 
 def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None:
@@ -343,3 +394,4 @@ def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None
     if opt.name != "adamw":
       raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
                         "adamw; set optimizer.name='adamw' or unset it.")
+

@@ -1,8 +1,10 @@
 """tensorflow-datasets preparation of MNIST and Fashion-MNIST, and a plain-array cache.
 
-* Preparation: tfds builds its dataset from the four canonical .gz files, either
-  downloaded or (offline) from `config.data.manual_dir`, with tfds' own checksums
-  checked. Files in the manual folder are checked first so a bad one is named.
+* Preparation: tfds builds its dataset from the four canonical .gz files, with tfds'
+  own checksums checked. They come from, in order: `config.data.manual_dir` (which
+  `config.resolve` fills from $MNIST_JAX_MANUAL_DIR), the MNIST files shipped in
+  `mnist_jax/dataset_files/` (so a fresh clone runs offline), else tfds' download.
+  Files in a manual folder are checked first so a bad one is named.
 * After the first read the splits are kept as plain arrays beside tfds' prepared
   folder (`TFDS_DIR/<name>/mnist_jax_arrays.npz`): later runs load them without
   importing TensorFlow.
@@ -29,6 +31,9 @@ from mnist_jax.errors import DataError
 
 IMAGE_SIZE = 28
 _IDX_MAGIC = {"images": 2051, "labels": 2049}
+# The canonical MNIST files, installed with the package (licence in its README.md).
+PACKAGED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "dataset_files")
 _DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com",
                    "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com"}
 
@@ -47,7 +52,7 @@ def _tfds():
   return tfds
 
 
-def check_manual_files(name: str, manual_dir: str) -> None:
+def check_manual_files(name: str, folder: str) -> None:
   """Checks the four .gz files against tfds' registered sizes and checksums.
 
   Raises:
@@ -58,7 +63,7 @@ def check_manual_files(name: str, manual_dir: str) -> None:
           f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
           f"t10k-labels-idx1-ubyte.gz) there, unchanged.")
   for info in builder.url_infos.values():
-    path = os.path.join(manual_dir, info.filename)
+    path = os.path.join(folder, info.filename)
     kind = "images" if "images" in info.filename else "labels"
     if not os.path.isfile(path):
       raise DataError(f"{path} is missing. {hint}")
@@ -80,6 +85,18 @@ def check_manual_files(name: str, manual_dir: str) -> None:
     if digest != info.checksum:
       raise DataError(f"{path} has SHA-256 {digest[:16]}..., expected "
                       f"{info.checksum[:16]}... (tfds' registered checksum). {hint}")
+
+
+def manual_dir(data_config) -> str | None:
+  """Where the canonical files of `data_config.name` are read from; None: download.
+
+  The config's folder if it names one, else the copy shipped with the package (MNIST
+  only: Fashion-MNIST is downloaded or named by the config or the environment).
+  """
+  if data_config.manual_dir is not None:
+    return data_config.manual_dir
+  packaged = os.path.join(PACKAGED_ROOT, data_config.name)
+  return packaged if os.path.isdir(packaged) else None
 
 
 def _network_reachable(host: str, timeout: float = 3.0) -> bool:
@@ -125,10 +142,10 @@ def _exclusive(lock_path: str):
 def _download_and_prepare(builder, data_config):
   tfds = _tfds()
   name = data_config.name
-  manual_dir = data_config.manual_dir
-  if manual_dir is not None:
-    check_manual_files(name, manual_dir)
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  folder = manual_dir(data_config)
+  if folder is not None:
+    check_manual_files(name, folder)
+    download_config = tfds.download.DownloadConfig(manual_dir=folder)
   else:
     if not _network_reachable(_DOWNLOAD_HOSTS[name]):
       raise DataError(
@@ -328,7 +345,7 @@ _OFFICIAL_PREFIX = {"train": "train", "test": "t10k"}
 def _official_files(builder, data_config, split: str) -> tuple[str, str] | None:
   """(images, labels) .gz files of `split` in the manual folder or tfds' downloads."""
   prefix = _OFFICIAL_PREFIX[split]
-  folders = [data_config.manual_dir,
+  folders = [manual_dir(data_config),
              os.path.join(builder.data_dir_root, "downloads", data_config.name)]
   for folder in filter(None, folders):
     images = glob.glob(os.path.join(folder, f"*{prefix}-images*idx3*.gz"))

@@ -30,10 +30,13 @@ store). The setting only concerns JAX's CPU client, so it is harmless on GPU and
 
 import glob
 import importlib.util
+import logging as logging_lib
 import os
+import socket
 
 from absl import logging
 import jax
+import jax.extend.backend
 
 from mnist_jax.errors import ConfigError
 
@@ -118,16 +121,34 @@ def initialize(coordinator_address: str | None = None,
   if cluster is None and coordinator_address is None:
     raise ConfigError("--coordinator_address=HOST:PORT (process 0's address, reachable "
                       "from every process) is needed with --num_processes/--process_id.")
+  if coordinator_address is not None:
+    _check_address(coordinator_address)
   if num_processes is None or num_processes > 1:
     # Cross-process all-reduce on CPU needs an implementation; gloo needs nothing but
     # the coordinator. Must be set before the CPU client is created.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+  start_backend()  # The log line below starts it anyway; a failure then says why.
   logging.info("jax.distributed: process %d of %d (%s), %d local / %d global devices.",
                jax.process_index(), jax.process_count(), cluster or "flags",
                jax.local_device_count(), jax.device_count())
   return True
+
+
+def _check_address(address: str) -> None:
+  """Raises ConfigError unless `address` is HOST:PORT with a host that resolves: JAX
+  would fail with an IndexError without a port, or wait minutes for a host that does
+  not exist."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ConfigError(f"--coordinator_address={address} must be HOST:PORT, e.g. "
+                      f"10.0.0.1:1234 (process 0's address and a free port).")
+  try:
+    socket.getaddrinfo(host.strip("[]"), int(port))
+  except (OSError, UnicodeError) as e:
+    raise ConfigError(f"--coordinator_address={address}: cannot resolve host "
+                      f"{host} ({e}); give process 0's address.") from None
 
 
 MAX_AUTO_CPU_DEVICES = 8  # Beyond a few devices, shards get too small to gain; capped.
@@ -141,7 +162,9 @@ def set_cpu_devices(count: int | None) -> int | None:
   It only concerns the CPU client: on a GPU or TPU the model runs there as before.
 
   Args:
-    count: devices wanted; None: one per logical CPU this process may run on
+    count: devices wanted, at most `usable_cores()`: more devices would only take
+      turns on the cores, slower rather than faster, so a larger count is capped with
+      a warning. None: one per logical CPU this process may run on
       (`os.sched_getaffinity`: hardware threads, so `taskset` limits it), at most
       `MAX_AUTO_CPU_DEVICES`, unless $JAX_NUM_CPU_DEVICES or XLA_FLAGS'
       --xla_force_host_platform_device_count already says.
@@ -163,9 +186,58 @@ def set_cpu_devices(count: int | None) -> int | None:
         logging.warning("--cpu_devices=%d ignored: %s sets the CPU device count.",
                         count, source)
       return None
+  cores = usable_cores()
   if count is None:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
     count = min(cores, MAX_AUTO_CPU_DEVICES)
+  elif count > cores:
+    logging.warning("--cpu_devices=%d capped at %d, the CPU cores this process may "
+                    "use: more devices than cores would only take turns on them "
+                    "(slower).", count, cores)
+    count = cores
   jax.config.update("jax_num_cpu_devices", count)
   return count
+
+
+def usable_cores() -> int:
+  """Logical CPUs this process may run on (`taskset` and cpusets limit it)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def start_backend() -> None:
+  """Starts JAX's backend now, after `initialize` / `set_cpu_devices` (which must come
+  first), so that a $JAX_PLATFORMS naming a platform this machine lacks ("cuda" on a
+  CPU-only machine, a misspelt "gpux") is one line saying what exists, instead of
+  JAX's bare AssertionError or RuntimeError at the first computation.
+
+  Raises:
+    ConfigError: JAX cannot start a platform that $JAX_PLATFORMS names. JAX is then
+      left running on the platforms it finds by itself (the message lists them).
+  """
+  try:
+    jax.devices()
+  except (AssertionError, RuntimeError) as e:
+    wanted = jax.config.jax_platforms
+    if not wanted:
+      raise  # A plugin failing on its own: JAX's message names it.
+    reason = str(e).split(" (set JAX_PLATFORMS=", 1)[0] or "no such device found"
+    raise ConfigError(
+        f"JAX_PLATFORMS={wanted}: JAX cannot start it here ({reason}); platforms JAX "
+        f"finds here: {_platforms_found()}. Unset JAX_PLATFORMS to use those, or set "
+        f"JAX_PLATFORMS=cpu.") from None
+
+
+def _platforms_found() -> str:
+  """The platforms JAX starts when left to choose (JAX_PLATFORMS cleared); its
+  suggestions about missing plugins are silenced, the error says enough."""
+  bridge = logging_lib.getLogger("jax._src.xla_bridge")
+  level = bridge.level
+  bridge.setLevel(logging_lib.ERROR)
+  try:
+    jax.config.update("jax_platforms", "")
+    return ", ".join(sorted(jax.extend.backend.backends()))
+  except (AssertionError, RuntimeError):
+    return "none"
+  finally:
+    bridge.setLevel(level)

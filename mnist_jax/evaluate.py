@@ -1,9 +1,10 @@
 """Evaluation of a checkpoint: classification metrics, files and a readable table.
 
-`evaluate_workdir(workdir, checkpoint, split)` needs nothing but the workdir: it opens
-it (`workdir.Workdir`), restores the checkpoint's parameters, runs every example of the
-split and writes, named by the checkpoint's step so evaluations never overwrite each
-other,
+`evaluate(workdir, checkpoint, split)` needs nothing but the workdir: it opens it
+(`workdir.Workdir`), restores the checkpoint's parameters, runs every example of the
+split and returns an `Evaluation`. `evaluate_workdir` (the command line's) also prints
+its table and writes, named by the checkpoint's step so evaluations never overwrite
+each other,
 
     WORKDIR/eval/<split>_step<N>_metrics.json     accuracy, loss, per-class / macro /
                                                   weighted precision, recall, F1,
@@ -11,9 +12,13 @@ other,
                                                   checkpoint_step
     WORKDIR/eval/<split>_step<N>_predictions.csv  index,source_index,label,predicted,
                                                   prob_0..prob_9
+
+The files are written under the workdir's lock (`locks.py`): while another process
+trains into the workdir, an evaluation is printed but not written.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -23,9 +28,10 @@ import jax
 import numpy as np
 
 from mnist_jax import data
+from mnist_jax import locks
 from mnist_jax import models
 from mnist_jax import parallel
-from mnist_jax.errors import WorkdirError
+from mnist_jax.errors import UserError, WorkdirError, WriteError, disk_errors
 from mnist_jax.workdir import Workdir, eval_path, write_atomic
 
 SPLITS = ("test", "validation")
@@ -102,13 +108,15 @@ def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
   CSV columns: index (row in mnist_jax's split), source_index (position in the
   official IDX file, to join with other tools; -1 if unknown), label, predicted,
   prob_0.. .
+
+  Raises:
+    WriteError: a full disk (or the like); names the file and what to run again.
   """
   if source_index is None:
     source_index = np.full(len(labels), -1)
   step = metrics["checkpoint_step"]
   metrics_path = eval_path(workdir, split, step, "metrics.json")
   csv_path = eval_path(workdir, split, step, "predictions.csv")
-  os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(["index", "source_index", "label", "predicted"] +
@@ -118,22 +126,57 @@ def write_results(workdir: str, split: str, metrics: dict, labels: np.ndarray,
                                                        probabilities)):
     writer.writerow([i, int(source), int(label), int(pred)] +
                     [f"{p:.6g}" for p in probs])
-  write_atomic(csv_path, buf.getvalue())
-  write_atomic(metrics_path, json.dumps(metrics, indent=2))
+  try:
+    with disk_errors(os.path.dirname(metrics_path)):
+      os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
+    write_atomic(csv_path, buf.getvalue())
+    write_atomic(metrics_path, json.dumps(metrics, indent=2))
+  except WriteError as e:
+    raise e.advise(
+        f"the checkpoints in {os.path.join(workdir, 'checkpoints')} are intact: free "
+        f"space and run `mnist-jax --mode=eval --workdir={workdir} --split={split} "
+        f"--checkpoint={step}` (or the training command again)") from None
   return metrics_path, csv_path
 
 
-def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
-                     split: str = "test") -> dict:
-  """Restores a checkpoint from `workdir` and evaluates it on every example of `split`.
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """One checkpoint evaluated on every example of a split.
+
+  Attributes:
+    metrics: accuracy, loss, per-class / macro / weighted precision, recall, F1,
+      support, confusion_matrix, num_examples, checkpoint_step, split, dataset, model
+      (what `eval/<split>_step<N>_metrics.json` holds).
+    labels: int [n], the true classes.
+    probabilities: float64 [n, num_classes], softmax of the model's logits.
+    source_index: int [n], each example's position in the official IDX files (-1:
+      unknown).
+  """
+  metrics: dict
+  labels: np.ndarray
+  probabilities: np.ndarray
+  source_index: np.ndarray
+
+  @property
+  def step(self) -> int:
+    """The evaluated checkpoint's step."""
+    return self.metrics["checkpoint_step"]
+
+  @property
+  def predicted(self) -> np.ndarray:
+    """int [n], the most probable class of each example."""
+    return self.probabilities.argmax(-1)
+
+
+def evaluate(workdir: str, checkpoint: str | int = "best",
+             split: str = "test") -> Evaluation:
+  """Restores a checkpoint from `workdir` and evaluates it on every example of `split`;
+  prints and writes nothing (`evaluate_workdir` does both).
 
   Args:
     workdir: a training workdir (holds config.json and checkpoints/).
     checkpoint: "best" (by validation accuracy), "latest" or a step number.
     split: "test" or "validation".
-
-  Returns:
-    The metrics dict written to `eval/<split>_step<N>_metrics.json`.
 
   Raises:
     WorkdirError: no such workdir, checkpoint or split.
@@ -162,10 +205,37 @@ def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
   metrics.update({"loss": float(losses.mean()), "checkpoint_step": int(step),
                   "split": split, "dataset": config.data.name,
                   "model": config.model.name})
+  return Evaluation(metrics, labels, probabilities, splits[split].source_index)
+
+
+def evaluate_workdir(workdir: str, checkpoint: str | int = "best",
+                     split: str = "test") -> dict:
+  """`evaluate`, then (process 0) prints its table and writes its eval/ files.
+
+  Returns:
+    The metrics dict written to `eval/<split>_step<N>_metrics.json`.
+  """
+  result = evaluate(workdir, checkpoint, split)
+  metrics = result.metrics
   if jax.process_index() == 0:
-    metrics_path, _ = write_results(workdir, split, metrics, labels, probabilities,
-                                    splits[split].source_index)
-    print(format_table(metrics, f"{config.data.name} {split} | {config.model.name} | "
-                                f"{workdir}"))
-    logging.info("Wrote %s", metrics_path)
+    print(format_table(metrics, f"{metrics['dataset']} {split} | {metrics['model']} "
+                                f"| {workdir}"))
+    _write_if_free(workdir, split, metrics, result.labels, result.probabilities,
+                   result.source_index)
   return metrics
+
+
+def _write_if_free(workdir: str, *results) -> None:
+  """`write_results(workdir, *results)` under the workdir's lock; when another
+  process holds it (a run still training) or it cannot be taken (a read-only
+  workdir), the evaluation is only printed, with one warning saying why."""
+  try:
+    locks.acquire(workdir, "workdir", "evaluate again once it is free")
+  except UserError as e:
+    logging.warning("eval/ files not written: %s", e)
+    return
+  try:
+    metrics_path, _ = write_results(workdir, *results)
+  finally:
+    locks.release(workdir)
+  logging.info("Wrote %s", metrics_path)

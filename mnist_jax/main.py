@@ -7,6 +7,8 @@
 
 (`python -m mnist_jax.main` is the same command.) Any config field can be overridden,
 e.g. `--config.num_epochs=1 --config.model.hidden_size=64`; see mnist_jax/config.py.
+`--config.model.name` takes a registered cell (lstm, gru, min_gru, ...) or a
+`module:Class` import path (flax.linen:GRUCell, or my_cells:MyCell in your own file).
 """
 
 import os
@@ -46,8 +48,11 @@ flags.DEFINE_string("compilation_cache", os.environ.get(
                     "$MNIST_JAX_COMPILATION_CACHE when set.")
 flags.DEFINE_integer("cpu_devices", None, "One process on CPU: split each batch across "
                      "this many CPU devices, one core each (default: one per logical "
-                     "CPU this process may use, at most 8; 1: off).")
+                     "CPU this process may use, at most 8; 1: off; more than the "
+                     "usable CPUs is capped at their number, with a warning).")
 flags.mark_flag_as_required("workdir")
+flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
+                         "--workdir must name a folder, not be empty.")
 
 
 def main(argv):

@@ -14,6 +14,33 @@ import time
 import jax
 
 
+def truncate_jsonl(path: str, last_step: int | None) -> None:
+  """Keeps the rows of `path` up to `last_step` (None: none), and only whole rows.
+
+  A resumed run goes on from its checkpoint's step; rows a killed session logged
+  after that step are logged again by the resumed one, so they go. The file is
+  rewritten atomically (a kill during this leaves the old file).
+  """
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, errors="replace") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # A row cut short by a kill.
+      if (isinstance(row, dict) and last_step is not None
+          and isinstance(row.get("step"), int) and row["step"] <= last_step):
+        kept.append(json.dumps(row) + "\n")
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard (process 0 only).
 
@@ -22,14 +49,25 @@ class MetricWriter:
   (seconds of start-up). Each write is flushed; a killed run leaves at most a
   truncated last record, which TensorBoard skips. Without the `tensorboard` package
   (a minimal accelerator image) only metrics.jsonl is written, with one warning.
+
+  A run resumed from its checkpoint at step N (`resumed_from`) first drops the rows
+  after N from metrics.jsonl, and starts its event file with TensorBoard's "session
+  start" marker at N + 1, which makes TensorBoard discard the older events from step
+  N + 1 on: both then hold one value per (step, split), as an uninterrupted run would.
+
+  `also`, if given, gets every record too (`write(step, prefix, values, **extra)`):
+  wandb_writer.WandbRun, kept out of this module so that wandb is never imported here.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resumed_from: int | None = None, also=None):
     self.enabled = jax.process_index() == 0
     self._events = None
+    self._also = also
     if not self.enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    truncate_jsonl(jsonl_path, resumed_from)
+    self._jsonl = open(jsonl_path, "a")
     try:
       from tensorboard.compat.proto import event_pb2, summary_pb2
       from tensorboard.summary.writer.record_writer import RecordWriter
@@ -39,6 +77,7 @@ class MetricWriter:
                       "metrics.jsonl only.")
       return
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    session_start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
     tb_dir = os.path.join(workdir, "tensorboard")
     os.makedirs(tb_dir, exist_ok=True)
     # One file per writer, named as TensorBoard expects; a resumed run adds a file.
@@ -51,6 +90,8 @@ class MetricWriter:
       raise
     self._events = RecordWriter(self._events_file)
     self._write_event(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+    self._write_event(self._event(wall_time=time.time(), step=(resumed_from or 0) + 1,
+                                  session_log=session_start))
 
   def _write_event(self, event) -> None:
     if self._events is not None:
@@ -65,6 +106,8 @@ class MetricWriter:
               **{k: float(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    if self._also is not None:
+      self._also.write(step, prefix, values, **extra)
     if self._events is None:
       return
     summary = self._summary(value=[

@@ -19,7 +19,9 @@ one-line error (on stderr, or an {"file", "error"} entry) and the exit status is
 """
 
 import json
+import re
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,6 +33,11 @@ BOX = 20  # The digit's longer side after scaling, as MNIST.
 MIN_CONTRAST = 0.15  # Ink must stand this far (of full scale) above the background.
 BOX_THRESHOLD = 0.25  # Ink level (of the peak) that counts for the bounding box.
 NOISE_FLOOR = 0.1  # Ink below this (of the peak) is paper texture; dropped.
+# Largest picture decoded: 4096 x 4096, 16.8 megapixels. A 12-megapixel phone photo
+# (4032 x 3024) fits; decoded as float RGBA one takes ~0.5 GB here, and the digit ends
+# up 20 pixels high anyway. Bigger files (or a few-kB PNG declaring 20000 x 20000, a
+# "decompression bomb") are refused from their header, before any decoding.
+MAX_PIXELS = 4096 * 4096
 
 
 class ImageError(UserError):
@@ -40,6 +47,27 @@ class ImageError(UserError):
 # ----------------------------------------------------------------------------------
 # Pictures -> MNIST images.
 # ----------------------------------------------------------------------------------
+def _open_header(path: str) -> Image.Image:
+  """`Image.open`, which reads only the header; PIL's own warning for pictures over
+  its limit is silenced since `_check_size` refuses them, more strictly, in one line."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    return Image.open(path)
+
+
+def _too_large(path: str, size: str) -> ImageError:
+  side = int(MAX_PIXELS ** 0.5)
+  return ImageError(f"{path}: {size} is too large to read (at most {MAX_PIXELS:,} "
+                    f"pixels, e.g. {side} x {side}); scale the picture down first.")
+
+
+def _check_size(path: str, size: tuple[int, int]) -> None:
+  """Raises ImageError for a picture over `MAX_PIXELS`, from its header's size."""
+  width, height = size
+  if width * height > MAX_PIXELS:
+    raise _too_large(path, f"{width} x {height} pixels")
+
+
 def load_grayscale(path: str) -> np.ndarray:
   """Reads an image file as float grayscale [height, width] in [0, 1].
 
@@ -47,10 +75,11 @@ def load_grayscale(path: str) -> np.ndarray:
   strokes, so a digit drawn on a transparent canvas stays visible either way.
 
   Raises:
-    ImageError: missing, unreadable, not an image, or damaged.
+    ImageError: missing, unreadable, not an image, damaged, or over `MAX_PIXELS`.
   """
   try:
-    with Image.open(path) as img:
+    with _open_header(path) as img:
+      _check_size(path, img.size)  # Before decoding: the header alone gives the size.
       img.load()
       img = ImageOps.exif_transpose(img)  # Phone photos: apply the rotation tag.
   except FileNotFoundError:
@@ -61,8 +90,25 @@ def load_grayscale(path: str) -> np.ndarray:
     raise ImageError(f"{path}: cannot read it (permission denied).") from None
   except UnidentifiedImageError:
     raise ImageError(f"{path}: not an image (PIL cannot identify its format).") from None
-  except (OSError, ValueError, SyntaxError) as e:
+  except Image.DecompressionBombError as e:  # Over twice PIL's own limit: no size.
+    pixels = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(pixels[1]):,} pixels" if pixels else "its size"
+    raise _too_large(path, size) from None
+  except OSError as e:
+    if e.errno is not None:  # The file system's refusal, not the picture's content.
+      raise ImageError(f"{path}: cannot read it ({e.strerror}).") from None
     raise ImageError(f"{path}: damaged or truncated image ({e}).") from None
+  except (ValueError, SyntaxError) as e:
+    raise ImageError(f"{path}: damaged or truncated image ({e}).") from None
+  try:
+    return _grayscale(img)
+  except ValueError as e:  # e.g. a CIELAB TIFF: PIL converts LAB to few modes.
+    raise ImageError(f"{path}: cannot turn its {img.mode} colours into grayscale "
+                     f"({e}).") from None
+
+
+def _grayscale(img: Image.Image) -> np.ndarray:
+  """`load_grayscale`'s pixels, transparent ones composited (see there)."""
   has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
   if not has_alpha:
     return np.asarray(img.convert("L"), np.float64) / 255.0

@@ -10,7 +10,9 @@
      "test": {"accuracy", "macro_f1", "checkpoint_step"}  once evaluated}
 
 Written at the start and end of every session (atomically, process 0 only), so a
-resumed run keeps the history of the processes that trained it.
+resumed run keeps the history of the processes that trained it. A damaged file (cut
+short by a full disk, say) is read as no history: the run is resumed or evaluated
+again, and a fresh history starts, with one warning.
 """
 
 import datetime
@@ -21,8 +23,11 @@ import socket
 import subprocess
 import sys
 
+from absl import logging
 import jax
 
+from mnist_jax import results
+from mnist_jax.errors import DamagedFileError, WriteError
 from mnist_jax.workdir import write_atomic
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
@@ -42,6 +47,28 @@ def versions() -> dict[str, str | None]:
     except importlib.metadata.PackageNotFoundError:
       out[name] = None
   return out
+
+
+def read(workdir: str) -> dict:
+  """WORKDIR/run_info.json ({} if there is none).
+
+  Raises:
+    DamagedFileError: it cannot be read; the message says the run will be redone.
+  """
+  path = os.path.join(workdir, "run_info.json")
+  if not os.path.exists(path):
+    return {}
+  info = results.read_json(path, "the run counts as unfinished")
+  if not isinstance(info.get("sessions", []), list):
+    raise DamagedFileError(f"{path} is damaged (sessions is not a list); the run "
+                           f"counts as unfinished")
+  return info
+
+
+def finished(workdir: str) -> bool:
+  """A run that completed training and its test evaluation (False if damaged)."""
+  info = read(workdir)
+  return info.get("status") == "completed" and info.get("test") is not None
 
 
 def git_state() -> dict | None:
@@ -65,10 +92,11 @@ class RunInfo:
   def __init__(self, workdir: str, placement: str):
     self.path = os.path.join(workdir, "run_info.json")
     self.enabled = jax.process_index() == 0
-    self.info = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.info = json.load(f)
+    try:
+      self.info = read(workdir)
+    except DamagedFileError as e:
+      logging.warning("%s; its session history starts afresh.", e)
+      self.info = {}
     self.info.update({
         "status": "running", "versions": versions(), "git": git_state(),
         "host": socket.gethostname(), "command": list(sys.orig_argv),
@@ -79,10 +107,19 @@ class RunInfo:
     self._write()
 
   def end(self, status: str, step: int) -> None:
-    """Closes this session: "completed", "stopped" (signal) or "failed"."""
+    """Closes this session: "completed", "stopped" (signal) or "failed".
+
+    A "failed" session ends on an error already on its way: a full disk then only
+    warns, so that error (the reason the run failed) is the one reported.
+    """
     self.session.update(status=status, steps=step)
     self.info["status"] = status
-    self._close()
+    try:
+      self._close()
+    except WriteError as e:
+      if status != "failed":
+        raise
+      logging.warning("%s", e)
 
   def record_test(self, metrics: dict) -> None:
     """The test metrics the run reports; the session now ends after them."""
@@ -100,5 +137,11 @@ class RunInfo:
     self._write()
 
   def _write(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    try:
       write_atomic(self.path, json.dumps(self.info, indent=2))
+    except WriteError as e:
+      raise e.advise(f"the checkpoints in {os.path.dirname(self.path)}/checkpoints are "
+                     f"intact: free space and run the same command again (it resumes)"
+                     ) from None

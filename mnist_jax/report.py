@@ -12,24 +12,33 @@
 `compare(workdirs, out_dir)` writes `comparison.md` (one row per run) and
 `comparison.png` (validation accuracy and training loss per epoch, one line per run).
 Only the error grid needs the dataset (its images); everything else reads files.
+Both write under the lock of the folder they write into (`locks.py`).
 """
 
 import os
 from typing import Sequence
 
-import matplotlib
+from absl import logging
 import matplotlib.ticker
+# Figures are built without pyplot: no backend is chosen or changed, so drawing a
+# report leaves a notebook's inline plots (or any GUI) as they were.
+from matplotlib.figure import Figure
+import numpy as np
 
-matplotlib.use("Agg")  # Files only; never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mnist_jax.errors import UserError  # noqa: E402
-from mnist_jax.results import (class_names, evaluated_step, load_images,  # noqa: E402
-                               per_epoch, read_config, read_eval, read_metrics,
-                               read_predictions)
+from mnist_jax import locks
+from mnist_jax.errors import DamagedFileError, UserError, WriteError, disk_errors
+from mnist_jax.results import (class_names, describe_model, evaluated_step,
+                               load_images, per_epoch,
+                               read_config, read_eval, read_metrics, read_predictions)
+from mnist_jax.workdir import write_atomic
 
 REPORT_DIR = "report"
+
+
+def subplots(*args, figsize: tuple[float, float], **kwargs):
+  """(figure, axes) like pyplot.subplots, for a figure that is only saved."""
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(*args, **kwargs)
 NUM_ERRORS = 24  # Images in the most-confident-errors grid.
 
 
@@ -37,7 +46,7 @@ NUM_ERRORS = 24  # Images in the most-confident-errors grid.
 # Figures.
 # ----------------------------------------------------------------------------------
 def plot_learning_curves(curves: dict, path: str, title: str = "") -> None:
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig, axes = subplots(1, 2, figsize=(10, 4))
   for ax, key in zip(axes, ("loss", "accuracy")):
     for split, style in (("train", "o-"), ("validation", "s--")):
       c = curves[split]
@@ -54,8 +63,8 @@ def plot_learning_curves(curves: dict, path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with disk_errors(path):
+    fig.savefig(path, dpi=100)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
@@ -64,7 +73,7 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
   n = len(matrix)
   names = list(names) if names is not None else [str(i) for i in range(n)]
   long_names = max(map(len, names)) > 2  # Words, not digits: slant them.
-  fig, ax = plt.subplots(figsize=(7, 6))
+  fig, ax = subplots(figsize=(7, 6))
   image = ax.imshow(matrix, cmap="Blues")
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   threshold = matrix.max() / 2
@@ -79,8 +88,8 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str, title: str = "",
   ax.set_ylabel("true")
   ax.set_title(title or "confusion matrix")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with disk_errors(path):
+    fig.savefig(path, dpi=100)
 
 
 def most_confident_errors(labels: np.ndarray, probs: np.ndarray,
@@ -100,7 +109,7 @@ def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   k = len(images)
   cols = min(max(k, 1), 8)
   rows = max(1, int(np.ceil(k / cols)))
-  fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.4),
+  fig, axes = subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.4),
                            squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
@@ -112,8 +121,8 @@ def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
   fig.suptitle(title or "most confident errors", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with disk_errors(path):
+    fig.savefig(path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------
@@ -124,9 +133,9 @@ def _pct(value) -> str:
 
 
 def _summary(config: dict) -> str:
-  m, d = config["model"], config["data"]
-  return (f"{m['name']} h{m['hidden_size']} x{m['num_layers']}"
-          f"{' bi' if m.get('bidirectional') else ''} on {d['name']} {d['sequence']}")
+  """'LSTM(100), 1 layer on mnist rows'."""
+  d = config["data"]
+  return f"{describe_model(config['model'])} on {d['name']} {d['sequence']}"
 
 
 def _metrics_table(metrics: dict, names: Sequence[str]) -> str:
@@ -158,14 +167,14 @@ def _evaluation_section(workdir: str, split: str, step: int, metrics: dict,
         _metrics_table(metrics, names), "", "## Confusion matrix", "",
         "Rows: true class; columns: predicted class.", "",
         "![confusion matrix](confusion_matrix.png)", "", "## Most confident errors", ""]
-  index, labels, probs = read_predictions(workdir, split, step)
-  rows = most_confident_errors(labels, probs)
   try:
+    index, labels, probs, _ = read_predictions(workdir, split, step)
+    rows = most_confident_errors(labels, probs)
     if images is None and len(rows):
       images = load_images(workdir, split)
     grid = (np.asarray(images)[index[rows]] if len(rows)
             else np.zeros((0, 28, 28), np.uint8))
-  except UserError as e:  # No dataset here: the report is still useful without it.
+  except UserError as e:  # No dataset here, damaged predictions: the rest is useful.
     return md + [f"Not drawn: {e}", ""]
   paths["most_confident_errors"] = os.path.join(out_dir, "most_confident_errors.png")
   plot_errors(grid, labels[rows], probs[rows], paths["most_confident_errors"],
@@ -173,6 +182,27 @@ def _evaluation_section(workdir: str, split: str, step: int, metrics: dict,
   return md + [f"The {len(rows)} wrong {split} predictions with the highest predicted "
                f"probability (of {int((probs.argmax(-1) != labels).sum())} errors).",
                "", "![most confident errors](most_confident_errors.png)", ""]
+
+
+def _evaluation_md(workdir: str, split: str | None, checkpoint: str | int | None,
+                   out_dir: str, names: Sequence[str], images, paths: dict
+                   ) -> list[str]:
+  """The report's evaluation part; a note where there is none or its file is damaged."""
+  if split is None:
+    split = "test" if evaluated_step(workdir, "test") is not None else "validation"
+  step = evaluated_step(workdir, split, checkpoint)
+  try:
+    metrics = None if step is None else read_eval(workdir, split, step)
+  except DamagedFileError as e:
+    logging.warning("%s", e)
+    return [f"Not reported: {e}", ""]
+  if metrics is None:
+    which = "" if step is None else f" --checkpoint={step}"
+    at = "" if step is None else f" at step {step}"
+    return [f"No evaluation of the {split} split{at}: run `--mode=eval --split={split}"
+            f"{which}` for the metrics, confusion matrix and errors.", ""]
+  return _evaluation_section(workdir, split, step, metrics, out_dir, names, images,
+                             paths)
 
 
 def write_report(workdir: str, split: str | None = None,
@@ -195,10 +225,24 @@ def write_report(workdir: str, split: str | None = None,
 
   Raises:
     WorkdirError: not a training workdir.
+    WriteError: a full disk (or the like); the message says what is intact.
   """
   config = read_config(workdir)
+  with locks.locked(workdir, "workdir", "draw the report once it is free"):
+    try:
+      return _write_report(workdir, config, split, checkpoint, images)
+    except WriteError as e:
+      raise e.advise(f"the training and evaluation files in {workdir} are intact: "
+                     f"free space and run `mnist-jax --mode=report --workdir={workdir}`"
+                     ) from None
+
+
+def _write_report(workdir: str, config: dict, split: str | None,
+                  checkpoint: str | int | None,
+                  images: np.ndarray | None) -> dict[str, str]:
   out_dir = os.path.join(workdir, REPORT_DIR)
-  os.makedirs(out_dir, exist_ok=True)
+  with disk_errors(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
   title = _summary(config)
   paths = {"learning_curves": os.path.join(out_dir, "learning_curves.png"),
            "report": os.path.join(out_dir, "report.md")}
@@ -212,20 +256,9 @@ def write_report(workdir: str, split: str | None = None,
     best = int(np.argmax(val["accuracy"]))
     md += [f"Best validation accuracy {_pct(val['accuracy'][best])} at epoch "
            f"{val['epoch'][best]} of {val['epoch'][-1]}.", ""]
-  if split is None:
-    split = "test" if evaluated_step(workdir, "test") is not None else "validation"
-  step = evaluated_step(workdir, split, checkpoint)
-  metrics = None if step is None else read_eval(workdir, split, step)
-  if metrics is None:
-    which = "" if step is None else f" --checkpoint={step}"
-    at = "" if step is None else f" at step {step}"
-    md += [f"No evaluation of the {split} split{at}: run `--mode=eval --split={split}"
-           f"{which}` for the metrics, confusion matrix and errors.", ""]
-  else:
-    md += _evaluation_section(workdir, split, step, metrics, out_dir,
-                              class_names(config), images, paths)
-  with open(paths["report"], "w") as f:
-    f.write("\n".join(md))
+  md += _evaluation_md(workdir, split, checkpoint, out_dir, class_names(config),
+                       images, paths)
+  write_atomic(paths["report"], "\n".join(md))
   return paths
 
 
@@ -245,21 +278,34 @@ def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, str]:
   if not workdirs:
     raise UserError("compare needs at least one workdir.")
   os.makedirs(out_dir, exist_ok=True)
+  with locks.locked(out_dir, "folder", "write the comparison elsewhere"):
+    try:
+      return _compare(workdirs, out_dir)
+    except WriteError as e:
+      raise e.advise("the workdirs compared are untouched: free space and run the "
+                     "same command again") from None
+
+
+def _compare(workdirs: Sequence[str], out_dir: str) -> dict[str, str]:
   names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
   if len(set(names)) < len(names):  # Same basenames: fall back to the full paths.
     names = [os.path.normpath(w) for w in workdirs]
   md = ["| run | model | data | epochs | best val acc | test acc | test loss | "
         "test macro F1 |", "|---|---|---|---|---|---|---|---|"]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = subplots(1, 2, figsize=(11, 4))
   for name, workdir in zip(names, workdirs):
     config = read_config(workdir)
     curves = per_epoch(read_metrics(workdir))
     val, tr = curves["validation"], curves["train"]
-    test = read_eval(workdir, "test")
+    try:
+      test = read_eval(workdir, "test")
+      test_cols = ([_pct(test["accuracy"]), f"{test['loss']:.4f}",
+                    f"{test['f1']['macro']:.4f}"] if test else ["–"] * 3)
+    except DamagedFileError as e:
+      logging.warning("%s", e)
+      test_cols = ["damaged file"] * 3
     epochs = max(val["epoch"] + tr["epoch"], default=0)
     model = _summary(config).split(" on ")[0]
-    test_cols = ([_pct(test["accuracy"]), f"{test['loss']:.4f}",
-                  f"{test['f1']['macro']:.4f}"] if test else ["–"] * 3)
     md.append(f"| {name} | {model} | {config['data']['name']} "
               f"{config['data']['sequence']} | {epochs} | "
               f"{_pct(max(val['accuracy'], default=None))} | "
@@ -277,8 +323,8 @@ def compare(workdirs: Sequence[str], out_dir: str) -> dict[str, str]:
   fig.tight_layout()
   paths = {"table": os.path.join(out_dir, "comparison.md"),
            "plot": os.path.join(out_dir, "comparison.png")}
-  fig.savefig(paths["plot"], dpi=100)
-  plt.close(fig)
-  with open(paths["table"], "w") as f:
-    f.write("# Comparison\n\n" + "\n".join(md) + "\n\n![curves](comparison.png)\n")
+  with disk_errors(paths["plot"]):
+    fig.savefig(paths["plot"], dpi=100)
+  write_atomic(paths["table"],
+               "# Comparison\n\n" + "\n".join(md) + "\n\n![curves](comparison.png)\n")
   return paths

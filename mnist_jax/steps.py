@@ -116,7 +116,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
       apply_fn=models.build_model(config.model).apply,
       params=init_params(config, params_rng),
       tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
-                          models.CELLS[config.model.name].RECURRENCE_PARAMS),
+                          models.layer_class(config.model).RECURRENCE_PARAMS),
       rng=state_rng)
 
 

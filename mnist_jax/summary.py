@@ -13,24 +13,25 @@ writes
 and TensorBoard HParams records (each run's settings and test metrics), so
 `tensorboard --logdir SWEEP_DIR` compares the runs in its HParams tab. The std is the
 sample standard deviation (ddof=1); a setting with one finished run shows ± 0.
+A run whose files are damaged counts as unfinished (status "damaged run_info.json"),
+with one warning; a damaged sweep.json is a one-line error.
 """
 
 import collections
 import csv
-import json
+import io
 import os
+import sys
 import time
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")  # Files only; never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mnist_jax import results  # noqa: E402
-from mnist_jax.errors import UserError  # noqa: E402
-from mnist_jax.workdir import write_atomic  # noqa: E402
+from mnist_jax import provenance
+from mnist_jax import results
+from mnist_jax.errors import DamagedFileError, UserError, disk_errors
+from mnist_jax.report import subplots  # No pyplot: the backend is left alone.
+from mnist_jax.workdir import write_atomic
 
 STATS = ("test_accuracy", "test_macro_f1", "best_val_epoch", "wall_time_s")
 
@@ -48,11 +49,11 @@ def spread(values) -> dict[str, float]:
 def run_row(sweep_dir: str, entry: dict) -> dict:
   """One run's numbers (None where the run has not finished)."""
   workdir = os.path.join(sweep_dir, entry["name"])
-  info_path = os.path.join(workdir, "run_info.json")
-  info = {}
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      info = json.load(f)
+  try:
+    info = provenance.read(workdir)
+  except DamagedFileError as e:
+    print(f"warning: {e}", file=sys.stderr, flush=True)
+    info = {"status": "damaged run_info.json"}
   test = info.get("test") or {}
   val = {}
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
@@ -61,7 +62,10 @@ def run_row(sweep_dir: str, entry: dict) -> dict:
   if val.get("epoch"):  # Ties: the latest, as the checkpoint kept as best.
     last = len(val["accuracy"]) - 1 - int(np.argmax(val["accuracy"][::-1]))
     best_epoch = val["epoch"][last]
-  return {"run": entry["name"], "setting": entry["setting"],
+  model = ""
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    model = results.describe_model(results.read_config(workdir)["model"])
+  return {"run": entry["name"], "setting": entry["setting"], "model": model,
           "seed": entry["overrides"].get("seed", ""),
           "status": info.get("status", "not started"),
           "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
@@ -87,11 +91,7 @@ def summarize(sweep_dir: str) -> dict[str, str]:
   Raises:
     UserError: `sweep_dir` holds no sweep.json (not a sweep folder).
   """
-  manifest_path = os.path.join(sweep_dir, "sweep.json")
-  if not os.path.exists(manifest_path):
-    raise UserError(f"{sweep_dir} has no sweep.json; is it a sweep folder?")
-  with open(manifest_path) as f:
-    manifest = json.load(f)
+  manifest = read_manifest(sweep_dir)
   rows = [run_row(sweep_dir, entry) for entry in manifest["runs"]]
   groups = collections.OrderedDict()
   for row in rows:
@@ -109,14 +109,47 @@ def summarize(sweep_dir: str) -> dict[str, str]:
   return paths
 
 
+def read_manifest(sweep_dir: str) -> dict:
+  """SWEEP_DIR/sweep.json, checked to hold what the summary reads.
+
+  Raises:
+    UserError: there is none (not a sweep folder), or it is damaged.
+  """
+  path = os.path.join(sweep_dir, "sweep.json")
+  if not os.path.exists(path):
+    raise UserError(f"{sweep_dir} has no sweep.json; is it a sweep folder?")
+  fix = ("run the sweep's command again without --summary_only: it writes sweep.json "
+         "anew (finished runs are not trained again)")
+  manifest = results.read_json(path, fix)
+  runs = manifest.get("runs")
+  whole = (isinstance(manifest.get("config"), str)
+           and isinstance(manifest.get("common_overrides"), list)
+           and isinstance(runs, list) and all(
+               isinstance(e, dict) and isinstance(e.get("name"), str)
+               and isinstance(e.get("setting"), str)
+               and isinstance(e.get("overrides"), dict) for e in runs))
+  if not whole:
+    raise DamagedFileError(f"{path} is damaged (not a list of the sweep's runs); {fix}")
+  return manifest
+
+
+def _csv_text(write) -> str:
+  buf = io.StringIO()
+  write(buf)
+  return buf.getvalue()
+
+
 def _write_csvs(paths: dict, rows: list, groups: dict, stats: dict) -> None:
-  fields = ["run", "setting", "seed", "status", "test_accuracy", "test_macro_f1",
+  fields = ["run", "setting", "model", "seed", "status", "test_accuracy",
+            "test_macro_f1",
             "checkpoint_step", "best_val_epoch", "wall_time_s"]
-  with open(paths["runs.csv"], "w", newline="") as f:
+
+  def runs_csv(f):
     writer = csv.DictWriter(f, fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-  with open(paths["summary.csv"], "w", newline="") as f:
+
+  def summary_csv(f):
     writer = csv.writer(f, lineterminator="\n")
     writer.writerow(["setting", "runs", "finished"] +
                     [f"{k}_{s}" for k in STATS for s in ("mean", "std", "min", "max")])
@@ -125,6 +158,9 @@ def _write_csvs(paths: dict, rows: list, groups: dict, stats: dict) -> None:
       writer.writerow([setting, len(runs), s["test_accuracy"]["n"]] +
                       [s[k][x] for k in STATS for x in ("mean", "std", "min", "max")])
 
+  write_atomic(paths["runs.csv"], _csv_text(runs_csv))
+  write_atomic(paths["summary.csv"], _csv_text(summary_csv))
+
 
 def _markdown(manifest: dict, groups: dict, stats: dict) -> str:
   lines = ["# Sweep summary", "",
@@ -132,13 +168,14 @@ def _markdown(manifest: dict, groups: dict, stats: dict) -> str:
            "", "Test accuracy and macro F1 of each run's reported checkpoint (best by "
            "validation accuracy); mean ± sample std over the finished runs (seeds) of "
            "each setting.", "",
-           "| setting | runs | test accuracy (%) | min – max | macro F1 | best val "
-           "epoch | wall time (s) |", "|---|---|---|---|---|---|---|"]
+           "| setting | model | runs | test accuracy (%) | min – max | macro F1 | "
+           "best val epoch | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
   for setting, runs in groups.items():
     s = stats[setting]
     done = s["test_accuracy"]["n"]
+    model = next((r["model"] for r in runs if r.get("model")), "")
     lines.append(
-        f"| {setting} | {done}/{len(runs)} | {_pm(s['test_accuracy'], 100)} | "
+        f"| {setting} | {model} | {done}/{len(runs)} | {_pm(s['test_accuracy'], 100)} | "
         f"{_range(s['test_accuracy'], 100, 2)} | {_pm(s['test_macro_f1'], 1, 4)} | "
         f"{_pm(s['best_val_epoch'], 1, 1)} | {_pm(s['wall_time_s'], 1, 0)} |")
   lines += ["", "![test accuracy](accuracy.png)", "",
@@ -148,7 +185,7 @@ def _markdown(manifest: dict, groups: dict, stats: dict) -> str:
 
 def _plot_accuracy(stats: dict, path: str) -> None:
   names = list(stats)
-  fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
+  fig, ax = subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
   means = [100 * stats[n]["test_accuracy"]["mean"] for n in names]
   stds = [100 * stats[n]["test_accuracy"]["std"] for n in names]
   ax.errorbar(range(len(names)), means, yerr=stds, fmt="o", capsize=5)
@@ -156,12 +193,12 @@ def _plot_accuracy(stats: dict, path: str) -> None:
   ax.set_ylabel("test accuracy (%), mean ± std")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with disk_errors(path):
+    fig.savefig(path, dpi=100)
 
 
 def _plot_curves(groups: dict, path: str) -> None:
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = subplots(figsize=(7, 4))
   for setting, runs in groups.items():
     curves = [r for r in runs if r["val_epochs"]]
     if not curves:
@@ -179,8 +216,8 @@ def _plot_curves(groups: dict, path: str) -> None:
   if ax.get_legend_handles_labels()[0]:  # Nothing validated yet: no legend.
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  with disk_errors(path):
+    fig.savefig(path, dpi=100)
 
 
 def write_hparams(sweep_dir: str, manifest: dict, rows: list) -> None:
@@ -197,17 +234,18 @@ def write_hparams(sweep_dir: str, manifest: dict, rows: list) -> None:
   metrics = [hp.Metric("test/accuracy"), hp.Metric("test/macro_f1")]
 
   def write(folder: str, summaries: list) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for old in os.listdir(folder):
-      if old.startswith("events.out.tfevents.hparams"):
-        os.remove(os.path.join(folder, old))
-    with open(os.path.join(folder, f"events.out.tfevents.hparams.{time.time_ns()}"),
-              "wb") as f:
-      writer = RecordWriter(f)
-      for step, summary in summaries:
-        event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
-        writer.write(event.SerializeToString())
-      writer.flush()
+    path = os.path.join(folder, f"events.out.tfevents.hparams.{time.time_ns()}")
+    with disk_errors(path):
+      os.makedirs(folder, exist_ok=True)
+      for old in os.listdir(folder):
+        if old.startswith("events.out.tfevents.hparams"):
+          os.remove(os.path.join(folder, old))
+      with open(path, "wb") as f:
+        writer = RecordWriter(f)
+        for step, summary in summaries:
+          event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+          writer.write(event.SerializeToString())
+        writer.flush()
 
   write(os.path.join(sweep_dir, "hparams"),
         [(0, hp.hparams_config_pb(hparams=[hp.HParam(k) for k in keys],

@@ -5,15 +5,17 @@
         [--config.num_epochs=5]
 
 Every combination of the --sweep values (and of the config file's `get_sweep()`, if it
-has one) trains in its own workdir, SWEEP_DIR/<key=value+...>, as its own
-`mnist_jax.main` process: on a CPU one run per core with one CPU device (with
---parallel below the core count, the cores are shared out: --parallel=1 gives one run
-every core), on a machine with GPUs one run per GPU (on a TPU pod slice use
---parallel=1).
+has one; a --sweep of a key that `get_sweep()` sweeps too replaces its values, while
+one key in two --sweep flags is an error) trains in its own workdir,
+SWEEP_DIR/<key=value+...>, as its own `mnist_jax.main` process: on a CPU one run per
+core with one CPU device (with --parallel below the core count, the cores are shared
+out: --parallel=1 gives one run every core), on a machine with GPUs one run per GPU
+(on a TPU pod slice use --parallel=1).
 `--config.*` overrides apply to every run. Running the same command again skips
 finished runs and resumes interrupted ones; a failed run is reported and the others
 go on; SIGTERM or Ctrl-C stops all runs at a checkpoint. At the end (and with
 --summary_only at any time) SWEEP_DIR/summary.md, summary.csv and plots are written.
+One sweep at a time per SWEEP_DIR: a second is refused at once, naming the first.
 """
 
 import os
@@ -36,6 +38,8 @@ flags.DEFINE_integer("parallel", None, "Runs at a time (default: one per GPU, el
                      "each).", lower_bound=1)
 flags.DEFINE_bool("summary_only", False, "Only (re)write the summary of what ran.")
 flags.mark_flag_as_required("workdir")
+flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
+                         "--workdir must name a folder, not be empty.")
 
 
 def main(argv):

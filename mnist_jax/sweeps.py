@@ -9,6 +9,10 @@ resume). `summary.py` turns the finished runs into tables and plots.
     SWEEP_DIR/<key=value+key=value>/   one training workdir per run
     SWEEP_DIR/<run>/sweep.log          that run's output
     SWEEP_DIR/sweep.json               the sweep: config file, overrides, axes, runs
+
+A sweep holds SWEEP_DIR's lock (`locks.py`) while it runs or writes its summary: a
+second sweep on the same folder is refused at once, naming the first. A sweep folder
+is not a training workdir, nor the reverse: each refuses the other's folder.
 """
 
 import dataclasses
@@ -24,7 +28,10 @@ import time
 from typing import Sequence
 
 from mnist_jax import config as config_lib
-from mnist_jax.errors import ConfigError, UserError
+from mnist_jax import locks
+from mnist_jax import provenance
+from mnist_jax.errors import (ConfigError, DamagedFileError, UserError, WriteError,
+                              disk_errors)
 from mnist_jax.workdir import write_atomic
 
 Axes = dict[str, list[str]]
@@ -61,20 +68,36 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
 
 
 def grid(axes: Axes) -> list[Run]:
-  """Every combination of the axes' values, the first axis varying slowest."""
+  """Every combination of the axes' values, the first axis varying slowest.
+
+  Raises:
+    UserError: two runs would share a folder (a value repeated, or values that differ
+      only in characters a folder name cannot hold).
+  """
   keys = list(axes)
-  return [Run(tuple(zip(keys, values)))
+  runs = [Run(tuple(zip(keys, values)))
           for values in itertools.product(*(axes[k] for k in keys))]
+  names = [r.name for r in runs]
+  twice = next((n for n in names if names.count(n) > 1), None)
+  if twice:
+    raise UserError(f"two runs of the sweep would share the folder {twice!r}: a "
+                    f"--sweep value is repeated (or differs only in characters outside "
+                    f"A-Za-z0-9._=-); give each value once.")
+  return runs
 
 
 def finished(workdir: str) -> bool:
-  """A run that completed training and its test evaluation (see provenance.py)."""
-  path = os.path.join(workdir, "run_info.json")
-  if not os.path.exists(path):
+  """A run that completed training and its test evaluation (see provenance.py).
+
+  A damaged run_info.json counts as unfinished (one line says so): the run is started
+  again, resumes from its checkpoints and writes a whole one.
+  """
+  try:
+    return provenance.finished(workdir)
+  except DamagedFileError as e:
+    print(f"[sweep] {e}: it is started again and resumes from its checkpoints.",
+          flush=True)
     return False
-  with open(path) as f:
-    info = json.load(f)
-  return info.get("status") == "completed" and info.get("test") is not None
 
 
 def slots(parallel: int | None) -> list[dict[str, str]]:
@@ -122,11 +145,13 @@ class Sweep:
             f"--cpu_devices={slot.get('cpu_devices', '1')}"]
 
   def _start(self, run: Run, slot: dict[str, str]) -> None:
-    os.makedirs(self.workdir(run), exist_ok=True)
     env = dict(os.environ)
     if "gpu" in slot:
       env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
-    log = open(os.path.join(self.workdir(run), "sweep.log"), "a")
+    log_path = os.path.join(self.workdir(run), "sweep.log")
+    with disk_errors(log_path):
+      os.makedirs(self.workdir(run), exist_ok=True)
+      log = open(log_path, "a")
     proc = subprocess.Popen(self.command(run, slot), stdout=log, stderr=subprocess.STDOUT,
                             env=env, stdin=subprocess.DEVNULL)
     log.close()
@@ -252,14 +277,24 @@ def _typed(config, key: str, text: str):
 
 
 def axes_for(config_path: str, flags_: Sequence[str]) -> Axes:
-  """The grid's axes: the config file's `get_sweep()` (if any), then --sweep flags."""
+  """The grid's axes: the config file's `get_sweep()` (if any), then --sweep flags.
+
+  A --sweep of a key that `get_sweep()` also sweeps replaces its values (in place in
+  the axis order); the same key in two --sweep flags is an error.
+  """
   axes: Axes = {}
   module = config_lib.load_experiment(config_path)
   if hasattr(module, "get_sweep"):
     axes.update({k: [str(v) for v in values]
                  for k, values in module.get_sweep().items()})
+  given: dict[str, str] = {}
   for text in flags_:
     key, values = parse_axis(text)
+    if key in given:
+      merged = ",".join(dict.fromkeys(parse_axis(given[key])[1] + values))
+      raise UserError(f"--sweep={given[key]} and --sweep={text} both sweep {key}; give "
+                      f"its values in one flag (--sweep={key}={merged}).")
+    given[key] = text
     axes[key] = values
   if not axes:
     raise UserError("nothing to sweep: give --sweep=KEY=VALUE,VALUE,... (e.g. "
@@ -281,19 +316,44 @@ def run_sweep(config_path: str | None, config, sweep_dir: str,
               sweep_flags: Sequence[str], parallel: int | None,
               common: Sequence[str], summary_only: bool = False) -> int:
   """`mnist-jax-sweep`: trains the grid, then writes the summary; the exit status."""
-  from mnist_jax import summary
+  runs = None
   if not summary_only:
     if config_path is None:
       raise UserError("--config is required (e.g. --config=experiments/seed_lstm.py).")
     runs = grid(axes_for(config_path, sweep_flags))
     check_runs(config, runs)
-    if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
-      raise UserError(f"--workdir={sweep_dir} is a file, not a folder.")
+  _check_folder(sweep_dir, summary_only)
+  try:
+    with locks.locked(sweep_dir, "sweep folder", "use another --workdir"):
+      return _run_locked(config_path, sweep_dir, runs, parallel, common)
+  except WriteError as e:
+    raise e.advise(f"the runs' results in {sweep_dir} are intact: free space and run "
+                   f"the same command again (finished runs are not trained again)"
+                   ) from None
+
+
+def _check_folder(sweep_dir: str, summary_only: bool) -> None:
+  """A folder for a sweep (created unless `summary_only`), not a training workdir's."""
+  if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
+    raise UserError(f"--workdir={sweep_dir} is a file, not a folder.")
+  if os.path.exists(os.path.join(sweep_dir, "config.json")):
+    raise UserError(f"--workdir={sweep_dir} holds a training run (config.json), not a "
+                    f"sweep; give the sweep a folder of its own.")
+  if summary_only and not os.path.exists(os.path.join(sweep_dir, "sweep.json")):
+    raise UserError(f"{sweep_dir} has no sweep.json; is it a sweep folder?")
+  with disk_errors(sweep_dir):
+    os.makedirs(sweep_dir, exist_ok=True)
+
+
+def _run_locked(config_path: str | None, sweep_dir: str, runs: list[Run] | None,
+                parallel: int | None, common: Sequence[str]) -> int:
+  """Trains `runs` (None: none, --summary_only), then writes the summary."""
+  from mnist_jax import summary
+  states = {}
+  if runs is not None:
     print(f"[sweep {sweep_dir}] {len(runs)} runs, {len(slots(parallel))} at a time",
           flush=True)
     states = Sweep(config_path, sweep_dir, runs, common, slots(parallel)).run()
-  else:
-    states = {}
   paths = summary.summarize(sweep_dir)
   print(f"Summary: {paths['summary.md']}")
   if "stopped" in states.values():

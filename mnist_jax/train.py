@@ -2,9 +2,11 @@
 
 `train(config, workdir)` trains into a workdir (see `workdir.py` for its files),
 resuming from its latest checkpoint. The steps are `steps.py`'s, placed on the devices
-by `parallel.py`; metrics go through `metric_writer.py`, signals through
-`preemption.py`.
+by `parallel.py`; metrics go through `metric_writer.py` (and `wandb_writer.py` when
+config.wandb.enabled), signals through `preemption.py`.
 """
+
+import contextlib
 
 from absl import logging
 import jax
@@ -17,6 +19,8 @@ from mnist_jax import data
 from mnist_jax import evaluate
 from mnist_jax import parallel
 from mnist_jax import steps
+from mnist_jax import wandb_writer
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import NonFiniteError
 from mnist_jax.metric_writer import MetricWriter, Progress
 from mnist_jax.preemption import StopSignal
@@ -27,7 +31,7 @@ from mnist_jax.workdir import Workdir
 class _Run:
   """One training run's pieces, so the loop below reads as the algorithm it is."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, tracker=None):
     self.config = config
     self.placement = parallel.make_placement()
     logging.info("Devices: %s.", self.placement.describe())
@@ -58,7 +62,8 @@ class _Run:
         label_smoothing=config.optimizer.label_smoothing,
         augment_max_shift=config.data.augment_max_shift)
     self.eval_step = self.placement.eval_step(state.apply_fn, preprocess)
-    self.writer = MetricWriter(workdir)
+    # Rows logged after the restored step by a killed session are logged again.
+    self.writer = MetricWriter(workdir, resumed_from=latest, also=tracker)
 
   def flush(self, step: int, pending: list, progress: Progress) -> None:
     """Fetches and logs pending step metrics; stops the run if a step was not finite."""
@@ -164,12 +169,14 @@ def _run_steps(run: _Run, total_steps: int, progress: Progress) -> str | None:
   return None
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, tracker=None) -> dict:
   """Trains (or resumes) the experiment in `workdir`.
 
   Args:
     config: the experiment config (resolved and validated here).
     workdir: where config, metrics and checkpoints live.
+    tracker: the W&B run to log to (`wandb_writer.session`); None: one of its own
+      for this call when config.wandb.enabled.
 
   Returns:
     {"completed": bool, "step": int, "stopped_by": signal name or None,
@@ -179,7 +186,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     UserError subclasses for bad config, data, workdir or non-finite training.
   """
-  run = _Run(config_lib.resolve(config), workdir)
+  config = config_lib.resolve(config)
+  with workdir_lib.writing(workdir), (
+      contextlib.nullcontext(tracker) if tracker is not None
+      else wandb_writer.session(config, workdir)) as tracker:
+    return _train(config, workdir, tracker)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, tracker) -> dict:
+  run = _Run(config, workdir, tracker)
   run_info = RunInfo(workdir, run.placement.describe())
   start_step = run.step
   total_steps = run.spe * run.config.num_epochs
@@ -213,14 +228,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   The test split is touched only here, once, after model selection on validation.
   Returns the test metrics, or None when training was stopped by a signal.
   """
-  result = train(config, workdir)
-  if not result["completed"]:
-    print(f"Stopped by {result['stopped_by']} at step {result['step']}; a checkpoint "
-          f"was saved. Resume by running the same command again.")
-    return None
-  metrics = evaluate.evaluate_workdir(workdir, checkpoint=config.eval_checkpoint,
-                                      split="test")
-  result["run_info"].record_test(metrics)
+  config = config_lib.resolve(config)  # A bad config creates no folder.
+  with workdir_lib.writing(workdir):  # Held from training through the report.
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  with wandb_writer.session(config, workdir) as tracker:  # Training and test metrics.
+    result = train(config, workdir, tracker)
+    if not result["completed"]:
+      print(f"Stopped by {result['stopped_by']} at step {result['step']}; a "
+            f"checkpoint was saved. Resume by running the same command again.")
+      return None
+    metrics = evaluate.evaluate_workdir(workdir, checkpoint=config.eval_checkpoint,
+                                        split="test")
+    result["run_info"].record_test(metrics)
+    if tracker is not None:
+      tracker.record_test(metrics)
   if jax.process_index() == 0:
     from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
     try:

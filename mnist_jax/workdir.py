@@ -14,6 +14,7 @@
 else: the model, its preprocessing and its parameters all come from here.
 """
 
+import contextlib
 import json
 import os
 from typing import Any, Callable
@@ -25,24 +26,73 @@ import numpy as np
 from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import data
+from mnist_jax import locks
 from mnist_jax import steps
-from mnist_jax.errors import ConfigError, WorkdirError
+from mnist_jax.errors import ConfigError, WorkdirError, disk_errors
+from mnist_jax.models import external
 
 # Fields that define what a workdir's checkpoints are; a resumed run must match them.
-# `model` counts without the options of cells other than the chosen one.
+# `model` counts without the options of cells other than the chosen one, and without
+# `cell_file` (where an import-path cell's code lives, not what the cell is).
 IDENTITY_KEYS = ("seed", "batch_size", "model", "data.name", "data.sequence",
                  "data.resize", "data.permutation", "data.permutation_seed",
                  "data.validation_size", "data.standardize")
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes via a temporary file and rename, so a kill never leaves half a file."""
+  """Writes via a temporary file and rename, so a kill never leaves half a file.
+
+  Raises:
+    WriteError: a full disk, quota, read-only or forbidden folder (the temporary
+      file is removed and an older `path` is left as it was).
+  """
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with disk_errors(path):
+      with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def make_folder(path: str) -> None:
+  """Creates the workdir `path` (and its parents) if needed.
+
+  Raises:
+    WorkdirError: `path` is a file or cannot be created.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"--workdir={path} is a file, not a folder; name a new "
+                       f"folder (it is created).")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"cannot create --workdir={path} ({e.strerror}).") from None
+
+
+@contextlib.contextmanager
+def writing(path: str, create: bool = True):
+  """Holds the workdir's lock (locks.py) while this process writes it.
+
+  Training, an evaluation that writes its files and a report each hold it, so two
+  processes never write one workdir. In a job of several processes only process 0
+  takes it (the others write their checkpoint shards beside it).
+
+  Raises:
+    locks.LockedError: another process holds it (the message names that process).
+  """
+  if create:
+    make_folder(path)
+  if jax.process_count() > 1 and jax.process_index() != 0:
+    yield
+    return
+  with locks.locked(path, "workdir", "use another --workdir"):
+    yield
 
 
 def eval_path(workdir: str, split: str, step: int, kind: str) -> str:
@@ -68,8 +118,10 @@ def identity(config: dict) -> dict[str, Any]:
       value = value.get(part) if isinstance(value, dict) else None
     if key == "model":
       value = dict(value)
+      value.pop("cell_file", None)
       options = value.pop("options", {})
-      value["options"] = {value["name"]: options.get(value["name"], {})}
+      chosen = external.options_key(value["name"])
+      value["options"] = {chosen: options.get(chosen, {})}
     out.update(_flatten(value, key))
   return out
 
@@ -110,9 +162,12 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   config = config_lib.get_config()
   config.unlock()
 
+  # An import-path cell's settings are whatever its experiment file chose.
+  free = f"model.options.{external.OPTIONS_KEY}."
+
   def merge(target, values, prefix=""):
     for key, value in values.items():
-      if key not in target:
+      if key not in target and prefix != free:
         raise ConfigError(f"saved config has unknown key {prefix}{key}; it was written "
                           f"by another version of mnist_jax.")
       if isinstance(value, dict):
@@ -128,6 +183,9 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 def read_config(path: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json as a config (legacy layouts migrated), not yet resolved."""
   file = os.path.join(path, "config.json")
+  if not os.path.exists(file) and os.path.exists(os.path.join(path, "sweep.json")):
+    raise WorkdirError(f"{path} is a sweep folder, not a training workdir; name one of "
+                       f"its runs' folders ({os.path.join(path, '<run>')}).")
   if not os.path.exists(file):
     raise WorkdirError(f"{path} has no config.json; is it a training workdir?")
   try:
@@ -137,6 +195,37 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     raise WorkdirError(f"{file} cannot be read ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}); restore it from "
                        f"a copy, or train into a new --workdir.") from None
+
+
+def _read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def _mean_std(saved: Any) -> dict:
+  """preprocessing.json's content, checked: {"mean": number, "std": number}."""
+  if not (isinstance(saved, dict) and isinstance(saved.get("mean"), (int, float))
+          and isinstance(saved.get("std"), (int, float))):
+    raise ValueError("not {mean, std}")
+  return saved
+
+
+def _load_or_none(path: str, load: Callable[[str], Any]) -> Any:
+  """`load(path)`, or None when the file is missing or damaged.
+
+  Both preprocessing files hold constants that are a pure function of the config and
+  the training split, so a damaged one (say, a run killed while writing it) is
+  computed again rather than trusted or fatal.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    return load(path)
+  except (OSError, ValueError, EOFError) as e:
+    from absl import logging
+    logging.warning("%s is damaged (%s); computing its constants again.", path,
+                    type(e).__name__)
+    return None
 
 
 class Workdir:
@@ -158,13 +247,10 @@ class Workdir:
       WorkdirError: `path` is a file or cannot be created, or holds another run
         (every differing identity field is named).
     """
-    if os.path.exists(path) and not os.path.isdir(path):
-      raise WorkdirError(f"--workdir={path} is a file, not a folder; name a new "
-                         f"folder (it is created).")
-    try:
-      os.makedirs(path, exist_ok=True)
-    except OSError as e:
-      raise WorkdirError(f"cannot create --workdir={path} ({e.strerror}).") from None
+    if os.path.exists(os.path.join(path, "sweep.json")):
+      raise WorkdirError(f"--workdir={path} holds a sweep (sweep.json); train into one "
+                         f"of its runs' folders or a new --workdir.")
+    make_folder(path)
     if os.path.exists(os.path.join(path, "config.json")):
       changed = differences(read_config(path).to_dict(), config.to_dict())
       if changed:
@@ -202,17 +288,20 @@ class Workdir:
     """
     json_path = os.path.join(self.path, "preprocessing.json")
     perm_path = os.path.join(self.path, "permutation.npy")
-    saved_perm = np.load(perm_path) if os.path.exists(perm_path) else None
-    if os.path.exists(json_path):
-      with open(json_path) as f:
-        saved = json.load(f)
+    saved_perm = _load_or_none(perm_path, np.load)
+    saved = _load_or_none(json_path, lambda p: _mean_std(json.loads(_read(p))))
+    if saved is not None:
+      if saved_perm is None:  # Missing or damaged: a pure function of the config.
+        saved_perm = data.permutation(self.config.data)
       return data.Preprocessing(saved["mean"], saved["std"], saved_perm)
     computed = compute()
     if saved_perm is not None:
       computed = data.Preprocessing(computed.mean, computed.std, saved_perm)
     if save and jax.process_index() == 0:
       if computed.permutation is not None and saved_perm is None:
-        np.save(perm_path, computed.permutation)
+        tmp = f"{perm_path}.tmp-{os.getpid()}.npy"
+        np.save(tmp, computed.permutation)
+        os.replace(tmp, perm_path)  # A kill never leaves half a permutation.
       write_atomic(json_path, json.dumps({"mean": computed.mean, "std": computed.std}))
     return computed
 

@@ -1,8 +1,9 @@
 """Shared fixtures: real MNIST prepared once from the local canonical files.
 
-The data folder comes from $MNIST_JAX_MANUAL_DIR (a folder holding `mnist/` and
-`fashion_mnist/`, each with the four canonical .gz files); tests fail at once without
-it. Nothing is read from or written to the user's home: tfds prepares the data once
+The data folder is $MNIST_JAX_MANUAL_DIR when set (a folder holding `mnist/` and
+`fashion_mnist/`, each with the four canonical .gz files), else the MNIST files shipped
+in the package; Fashion-MNIST tests are skipped, with one reason line, when no
+`fashion_mnist/` is there. Nothing is read from or written to the user's home: tfds prepares the data once
 into $MNIST_JAX_TEST_TFDS_DIR and JAX keeps compiled programs in
 $MNIST_JAX_COMPILATION_CACHE, both by default under the repository's .pytest_cache/
 (kept between runs; delete it to start afresh). Nothing needs the network.
@@ -25,18 +26,31 @@ os.environ.setdefault("MNIST_JAX_COMPILATION_CACHE", str(_CACHE / "jax_compilati
 os.environ.setdefault("TFDS_DATA_DIR", str(_CACHE / "tfds_default"))
 
 
-def _data_root() -> pathlib.Path | None:
+def _data_root() -> pathlib.Path:
+  from mnist_jax import datasets
   env = os.environ.get(config_lib.MANUAL_DIR_ENV)
-  return pathlib.Path(env).resolve() if env else None
+  return pathlib.Path(env or datasets.PACKAGED_ROOT).resolve()
 
 
 @pytest.fixture(scope="session")
 def data_root() -> pathlib.Path:
+  """A folder holding mnist/ (and, where available, fashion_mnist/)."""
   root = _data_root()
-  if root is None or not (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
-    pytest.fail(f"MNIST files not found under {root}; set {config_lib.MANUAL_DIR_ENV} "
-                f"to the folder holding mnist/ (see README.md).")
+  if not (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
+    pytest.fail(f"MNIST files not found under {root}/mnist; unset "
+                f"{config_lib.MANUAL_DIR_ENV} to use the shipped copy, or point it at "
+                f"a folder holding mnist/ (see README.md).")
   return root
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(data_root) -> pathlib.Path:
+  """The Fashion-MNIST files; the test is skipped when there are none."""
+  folder = data_root / "fashion_mnist"
+  if not (folder / "train-images-idx3-ubyte.gz").exists():
+    pytest.skip(f"Fashion-MNIST files not found (not shipped with the package; set "
+                f"{config_lib.MANUAL_DIR_ENV} to a folder holding fashion_mnist/)")
+  return folder
 
 
 @pytest.fixture(scope="session")

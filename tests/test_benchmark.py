@@ -66,7 +66,7 @@ def test_measure_reports_positive_finite_numbers(bench, model):
   assert "train ex/s" in bench.tables.format_table([("tiny", result)])
   assert bench.tables.describe(config_lib.override(_tiny_config(), {
       "model.name": "simple_rnn", "model.options.simple_rnn.activation": "relu"})
-  ).startswith("RNN-relu(8) rows")
+  ) == "SimpleRNN(8), 1 layer, relu; rows T=28"
 
 
 def test_flops_count_the_matmuls(bench):
@@ -87,7 +87,7 @@ def test_every_preset_is_described(bench):
   for name, (path, overrides) in bench.PRESETS.items():
     config = config_lib.override(config_lib.from_experiment(
         str(BENCHMARK.parents[1] / "experiments" / path)), overrides)
-    assert bench.tables.describe(config).split("(")[0] in ("LSTM", "GRU", "RNN-relu"), name
+    assert bench.tables.describe(config).split("(")[0] in ("LSTM", "GRU", "SimpleRNN"), name
 
 
 @pytest.mark.slow

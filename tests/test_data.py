@@ -1,5 +1,7 @@
 """Splits, sequences, batch order and evaluation coverage on real MNIST."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,17 +123,30 @@ def test_random_shift_moves_content_and_keeps_mass():
 
 def test_check_manual_files_accepts_the_canonical_files(data_root):
   datasets.check_manual_files("mnist", str(data_root / "mnist"))
-  datasets.check_manual_files("fashion_mnist", str(data_root / "fashion_mnist"))
 
 
-def test_fashion_and_mnist_in_one_tfds_dir_stay_distinct(tfds_dir, data_root):
+def test_check_manual_files_accepts_the_canonical_fashion_files(fashion_dir):
+  datasets.check_manual_files("fashion_mnist", str(fashion_dir))
+
+
+def test_shipped_mnist_files_are_the_canonical_ones():
+  """The package's own copy passes tfds' checksums and is what a bare config reads."""
+  datasets.check_manual_files("mnist", os.path.join(datasets.PACKAGED_ROOT, "mnist"))
+  cfg = config_lib.get_config()
+  assert datasets.manual_dir(cfg.data) == os.path.join(datasets.PACKAGED_ROOT, "mnist")
+  cfg.data.name = "fashion_mnist"
+  assert datasets.manual_dir(cfg.data) is None  # Not shipped: tfds downloads it.
+
+
+def test_fashion_and_mnist_in_one_tfds_dir_stay_distinct(tfds_dir, data_root,
+                                                          fashion_dir):
   """Both datasets use the same file names; tfds must not mix their downloads."""
   cfg = config_lib.get_config()
   cfg.data.tfds_dir = tfds_dir
   cfg.data.manual_dir = str(data_root / "mnist")
   cfg.max_eval_examples = 200
   mnist = data.load_splits(config_lib.resolve(cfg))["test"]
-  cfg.data.name, cfg.data.manual_dir = "fashion_mnist", str(data_root / "fashion_mnist")
+  cfg.data.name, cfg.data.manual_dir = "fashion_mnist", str(fashion_dir)
   fashion = data.load_splits(config_lib.resolve(cfg))["test"]
   assert not np.array_equal(mnist.images, fashion.images)
   assert fashion.images.mean() > 1.5 * mnist.images.mean()  # Clothes cover more pixels.

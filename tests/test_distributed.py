@@ -349,10 +349,10 @@ def test_cpu_device_count_logic_and_its_warnings(monkeypatch, caplog):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
   assert distributed.set_cpu_devices(None) == distributed.MAX_AUTO_CPU_DEVICES == 8
+  assert distributed.set_cpu_devices(3) == 3
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # taskset -c 0,1
   assert distributed.set_cpu_devices(None) == 2
-  assert distributed.set_cpu_devices(3) == 3
-  assert set_to == [8, 2, 3]
+  assert set_to == [8, 3, 2]
   for var, value in (("JAX_NUM_CPU_DEVICES", "4"),
                      ("XLA_FLAGS", "--xla_force_host_platform_device_count=5")):
     with monkeypatch.context() as m:
@@ -362,7 +362,7 @@ def test_cpu_device_count_logic_and_its_warnings(monkeypatch, caplog):
       assert not caplog.records  # Nothing asked for, nothing to warn about.
       assert distributed.set_cpu_devices(2) is None
       assert f"--cpu_devices=2 ignored: {var} sets the CPU device count" in caplog.text
-  assert set_to == [8, 2, 3]  # The environment's count was left alone.
+  assert set_to == [8, 3, 2]  # The environment's count was left alone.
 
 
 def test_resume_on_another_device_count_continues(tmp_path, tfds_dir, data_root):

@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,29 @@ def _records(workdir, split) -> dict[int, dict]:
   return out
 
 
+_TIMING = ("examples_per_sec",)
+
+
+def _metric_rows(workdir) -> dict[tuple[int, str], dict]:
+  """metrics.jsonl as {(step, split): row without timing fields}; one row each."""
+  rows = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    key = (record["step"], record["split"])
+    assert key not in rows, f"{key} logged twice"
+    rows[key] = {k: v for k, v in record.items() if k not in _TIMING}
+  return rows
+
+
+def _tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """What TensorBoard shows: (step, value) per tag, after its purge of resumed steps."""
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(pathlib.Path(workdir) / "tensorboard"))
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+          for tag in acc.Tags()["scalars"] if not tag.endswith(_TIMING)}
+
+
 def _val_accuracies(workdir) -> dict[int, float]:
   return {s: r["accuracy"] for s, r in _records(workdir, "validation").items()}
 
@@ -164,18 +188,16 @@ def _snapshot(root) -> dict[str, str]:
           for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _logged_steps(metrics_path: pathlib.Path, offset: int) -> list[int]:
-  """Train steps logged after byte `offset` (complete lines only)."""
-  if not metrics_path.exists():
+def _logged_steps(log_path: pathlib.Path) -> list[int]:
+  """Train steps a run logged ("step N/M ..." lines; it logs every step here)."""
+  if not log_path.exists():
     return []
-  with open(metrics_path, "rb") as f:
-    f.seek(offset)
-    text = f.read().decode()
-  lines = text.split("\n")[:-1]  # The last piece is empty or still being written.
-  return [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
+  text = log_path.read_text(errors="replace")
+  return [int(m) for m in re.findall(r"\] step (\d+)/\d+ ", text)]
 
 
 def _spawn(args, log_dir: pathlib.Path, delay=0.1, extra="") -> subprocess.Popen:
+  """Starts a slowed-down run; its output goes to LOG_DIR/<n>.out and <n>.err."""
   code = _SLOW_FEED.format(delay=delay, extra=extra)
   log_dir.mkdir(parents=True, exist_ok=True)
   n = len(list(log_dir.glob("*.out")))
@@ -184,25 +206,24 @@ def _spawn(args, log_dir: pathlib.Path, delay=0.1, extra="") -> subprocess.Popen
                             stdout=out, stderr=err)
 
 
-def _run_until(args, workdir: pathlib.Path, log_dir, target_step: int, sig,
+def _run_until(args, log_dir: pathlib.Path, target_step: int, sig,
                timeout=180) -> tuple[int, list[int]]:
   """Starts a slowed-down run, sends `sig` once step `target_step` is logged.
 
   Returns:
     (the process's return code, the train steps it logged).
   """
-  metrics = workdir / "metrics.jsonl"
-  offset = metrics.stat().st_size if metrics.exists() else 0
   proc = _spawn(args, log_dir)
+  log = log_dir / f"{len(list(log_dir.glob('*.out'))) - 1}.err"
   deadline = time.monotonic() + timeout
   while proc.poll() is None and time.monotonic() < deadline:
-    logged = _logged_steps(metrics, offset)
+    logged = _logged_steps(log)
     if logged and logged[-1] >= target_step:
       proc.send_signal(sig)
       break
     time.sleep(0.02)
   rc = proc.wait(timeout=max(deadline - time.monotonic(), 1))
-  return rc, _logged_steps(metrics, offset)
+  return rc, _logged_steps(log)
 
 
 # ----------------------------------------------------------------------------------
@@ -246,7 +267,7 @@ def test_sigkill_at_random_steps_resumes_to_identical_result(
   targets = [rng.randint(4, 7), rng.randint(8, 11), rng.randint(12, 15)]
   kills = []
   for target in targets:
-    rc, logged = _run_until(args, workdir, tmp_path / "logs", target, signal.SIGKILL)
+    rc, logged = _run_until(args, tmp_path / "logs", target, signal.SIGKILL)
     assert rc == -signal.SIGKILL, f"run was not killed (rc {rc}, logged {logged})"
     kills.append((target, logged))
   # Each restart resumed from a checkpoint at or before the kill, not from step 0.
@@ -258,6 +279,31 @@ def test_sigkill_at_random_steps_resumes_to_identical_result(
   assert proc.returncode == 0, proc.stderr[-3000:]
   test_metrics = json.loads(_test_metrics_file(workdir).read_text())
   _assert_same_as_reference(workdir, reference, test_metrics)
+  # The logs match the checkpoints: one row per (step, split), as if never killed.
+  assert _metric_rows(workdir) == _metric_rows(reference["workdir"])
+  assert _tensorboard_scalars(workdir) == _tensorboard_scalars(reference["workdir"])
+
+
+def test_sigkill_at_random_moments_keeps_one_metrics_row_per_step(
+    reference, tmp_path, tfds_dir, data_root):
+  """Kills at random times (start-up, steps, checkpoint writes, evaluation), not steps.
+
+  MNIST_JAX_FAULT_KILLS sets how many (docs/reliability.md runs it with 20).
+  """
+  workdir = tmp_path / "run"
+  args = _cli_args(workdir, tfds_dir, data_root)
+  rng = random.Random(int(os.environ.get("MNIST_JAX_FAULT_SEED", "0")))
+  for _ in range(int(os.environ.get("MNIST_JAX_FAULT_KILLS", "2"))):
+    proc = _spawn(args, tmp_path / "logs")
+    time.sleep(rng.uniform(0.5, 8.0))
+    proc.send_signal(signal.SIGKILL)  # A no-op if it already finished.
+    proc.wait()
+  proc = run_main(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _assert_same_as_reference(workdir, reference,
+                            json.loads(_test_metrics_file(workdir).read_text()))
+  assert _metric_rows(workdir) == _metric_rows(reference["workdir"])
+  assert _tensorboard_scalars(workdir) == _tensorboard_scalars(reference["workdir"])
 
 
 def test_sigkill_with_two_cpu_devices_resumes_to_identical_result(tmp_path, tfds_dir,
@@ -273,7 +319,7 @@ def test_sigkill_with_two_cpu_devices_resumes_to_identical_result(tmp_path, tfds
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Devices: 2 CPU devices" in proc.stderr
   workdir = tmp_path / "run"
-  rc, logged = _run_until(args(workdir), workdir, tmp_path / "logs", 8, signal.SIGKILL)
+  rc, logged = _run_until(args(workdir), tmp_path / "logs", 8, signal.SIGKILL)
   assert rc == -signal.SIGKILL, f"run was not killed (rc {rc}, logged {logged})"
   proc = run_main(*args(workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -290,7 +336,7 @@ def test_sigterm_saves_current_step_and_resume_is_identical(
     reference, tmp_path, tfds_dir, data_root, capsys):
   workdir = tmp_path / "run"
   args = _cli_args(workdir, tfds_dir, data_root)
-  rc, logged = _run_until(args, workdir, tmp_path / "logs", 5, signal.SIGTERM)
+  rc, logged = _run_until(args, tmp_path / "logs", 5, signal.SIGTERM)
   out = (tmp_path / "logs" / "0.out").read_text()
   err = (tmp_path / "logs" / "0.err").read_text()
   assert rc == 0, err[-3000:]

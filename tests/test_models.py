@@ -8,7 +8,9 @@ import pytest
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax import steps
 from mnist_jax.errors import ConfigError
+from mnist_jax.models import min_rnn
 
 BATCH, TIME, FEATURES, HIDDEN = 3, 7, 5, 6
 
@@ -135,6 +137,42 @@ def test_hand_written_backward_equals_autodiff(name):
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["min_gru", "min_lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_min_rnn_parallel_equals_sequential_over_784_steps(name, reverse):
+  """Outputs and gradients (parameters and inputs), float32, memories of ~1000 steps
+  beside units that forget at once: the parallel scan must stay as exact as lax.scan."""
+  hidden = 4
+  x = jax.random.normal(jax.random.key(17), (2, 784, 1))
+  make = lambda mode: models.CELLS[name](hidden_size=hidden, mode=mode)
+  params = make("parallel").init(jax.random.key(18), x)["params"]
+  params = jax.tree.map(np.array, params)  # Writable, for the biases below.
+  memory = np.linspace(7.0, -3.0, hidden)  # 7: a_t = sigmoid(7), ~1100 steps.
+  bias = params["input"]["bias"]
+  if name == "min_gru":  # a_t = 1 - z_t.
+    bias[:hidden] = -memory
+  else:  # a_t = f_t / (f_t + i_t).
+    bias[:hidden], bias[hidden:2 * hidden] = memory, -memory
+
+  @jax.jit  # One compilation instead of eager dispatch of every scan level.
+  def run(params, x):
+    results = {}
+    for mode in min_rnn.MODES:
+      apply = lambda p, x, mode=mode: make(mode).apply({"params": p}, x,
+                                                       reverse=reverse)
+      loss = lambda p, x, apply=apply: jnp.sum(jnp.sin(3 * apply(p, x)))
+      results[mode] = (apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x))
+    return results
+
+  results = run(params, x)
+  (out_seq, grads_seq), (out_par, grads_par) = (results["sequential"],
+                                                 results["parallel"])
+  assert np.all(np.isfinite(out_par))
+  np.testing.assert_allclose(out_par, out_seq, rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(grads_par), jax.tree.leaves(grads_seq)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_gru_matches_pytorch_style_equations():
   """Reset gate applied after the recurrent matmul (cuDNN / PyTorch / Keras reset_after)."""
   cell = models.CELLS["gru"](hidden_size=HIDDEN)
@@ -254,9 +292,50 @@ def test_registry_names_match_config_choices():
     assert issubclass(models.CELLS[name], (models.RecurrentCell, nn.Module))
 
 
+def test_a_cell_without_a_recurrent_matrix_gets_none_and_an_empty_recurrence_group():
+  """The base class creates only the recurrent weights a cell declares, and
+  RECURRENCE_PARAMS follows the declaration."""
+  assert models.CELLS["gru"].RECURRENCE_PARAMS == ("recurrent_kernel", "recurrent_bias")
+  assert models.CELLS["lstm"].RECURRENCE_PARAMS == ("recurrent_kernel",)
+
+  class BiasOnly(models.RecurrentCell):  # Declared by its flags alone; not registered.
+    uses_recurrent_kernel, uses_recurrent_bias = False, True
+
+    @nn.nowrap
+    def recurrence(self, params, carry, projected):
+      h = jnp.tanh(projected + params["bias"] + carry)
+      return h, h
+
+  x = jnp.zeros((1, 2, FEATURES))
+  for cell in (models.CELLS["min_gru"], models.CELLS["min_lstm"], BiasOnly):
+    params = cell(hidden_size=HIDDEN).init(jax.random.key(0), x)["params"]
+    assert "recurrent_kernel" not in params and cell.RECURRENCE_PARAMS == tuple(
+        name for name in ("recurrent_kernel", "recurrent_bias") if name in params)
+    recurrent = cell(hidden_size=HIDDEN).apply({"params": params},
+                                               method=lambda m: m.recurrent_params())
+    assert "kernel" not in recurrent
+  # An empty recurrence group: its own learning rate and decay change nothing.
+  cfg = config_lib.get_config()
+  cfg.model.name, cfg.model.hidden_size = "min_lstm", HIDDEN
+  params = steps.init_params(config_lib.resolve(cfg), jax.random.PRNGKey(0))
+  names = models.CELLS["min_lstm"].RECURRENCE_PARAMS
+  assert set(jax.tree.leaves(steps.recurrence_labels(params, names))) == {"rest"}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates = []
+  for factor, decay in ((1.0, None), (0.25, 0.0)):
+    cfg.optimizer.recurrent_lr_factor = factor
+    cfg.optimizer.recurrent_weight_decay = decay
+    tx = steps.create_optimizer(cfg.optimizer, 10, 1, names)
+    updates.append(tx.update(grads, tx.init(params), params)[0])
+  jax.tree.map(np.testing.assert_array_equal, *updates)
+
+
 # Each registered cell's forward pass, checked against its paper's equations written
 # out in NumPy (the scan-versus-loop test above cannot catch a wrong equation: both
 # sides run the cell's own `recurrence`). A new cell adds its test here.
+# Format: cell name (its key in `models.CELLS`) -> "FILE::TEST", FILE a module in
+# tests/ and TEST a test function in it (parametrised or not); the test below checks
+# that every registered cell has an entry and that each named test exists.
 EQUATION_TESTS = {
     "simple_rnn": "test_models.py::test_simple_rnn_activation",
     "lstm": "test_models.py::test_lstm_matches_textbook_equations",
@@ -266,6 +345,8 @@ EQUATION_TESTS = {
     "indrnn": "test_models_research.py::"
               "test_indrnn_matches_loop_with_clipped_diagonal_recurrence",
     "lru": "test_models_research.py::test_lru_block_matches_reference",
+    "min_gru": "test_models_research.py::test_min_rnn_matches_the_papers_equations",
+    "min_lstm": "test_models_research.py::test_min_rnn_matches_the_papers_equations",
 }
 
 

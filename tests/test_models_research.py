@@ -1,4 +1,5 @@
-"""IRNN, IndRNN and LRU: each equals a plain loop over time written here from the paper."""
+"""IRNN, IndRNN, LRU, minGRU and minLSTM: each equals a plain loop over time written
+here from the paper."""
 
 import math
 
@@ -13,6 +14,7 @@ from mnist_jax import models
 from mnist_jax import steps
 from mnist_jax.errors import ConfigError
 from mnist_jax.models.lru import LRU, LRUBlock
+from mnist_jax.models.min_rnn import MODES
 
 BATCH, TIME, FEATURES, HIDDEN = 3, 9, 5, 6
 NEW_MODELS = ("irnn", "indrnn", "lru", "layernorm_lstm")
@@ -177,6 +179,91 @@ def test_lru_block_matches_reference(mix):
 
 
 # ----------------------------------------------------------------------------------
+# minGRU and minLSTM.
+# ----------------------------------------------------------------------------------
+MIN_RNNS = ("min_gru", "min_lstm")
+
+
+def _min_rnn_loop(name, p, x, reverse=False, xp=np):
+  """Feng et al. (2024) step by step from h_0 = 0; xp: numpy or jax.numpy (autodiff)."""
+  sigmoid = lambda v: 1 / (1 + xp.exp(-v))
+  g = lambda v: xp.where(v >= 0, v + 0.5, sigmoid(v))
+  k = x @ p["input"]["kernel"] + p["input"]["bias"]
+  h = xp.zeros((x.shape[0], HIDDEN), x.dtype)
+  outputs = [None] * x.shape[1]
+  for t in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
+    if name == "min_gru":
+      k_z, k_h = xp.split(k[:, t], 2, axis=-1)
+      z = sigmoid(k_z)
+      h = (1 - z) * h + z * g(k_h)
+    else:
+      k_f, k_i, k_h = xp.split(k[:, t], 3, axis=-1)
+      f, i = sigmoid(k_f), sigmoid(k_i)
+      h = f / (f + i) * h + i / (f + i) * g(k_h)
+    outputs[t] = h
+  return xp.stack(outputs, axis=1)
+
+
+def _spread_biases(params):
+  """Biases from -3 to 3: saturated and open gates, and both pieces of g."""
+  bias = params["input"]["bias"]
+  return {"input": {**params["input"], "bias": np.linspace(-3, 3, bias.size)}}
+
+
+@pytest.mark.parametrize("name", MIN_RNNS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_min_rnn_matches_the_papers_equations(name, mode, reverse):
+  cell = models.CELLS[name](hidden_size=HIDDEN, mode=mode)
+  x = _inputs(12)
+  p = _spread_biases(_numpy(cell.init(jax.random.key(13), x)["params"]))
+  assert p["input"]["kernel"].shape == (FEATURES, cell.num_gates * HIDDEN)
+  out = cell.apply({"params": p}, x, reverse=reverse)
+  assert out.shape == (BATCH, TIME, HIDDEN)
+  np.testing.assert_allclose(out, _min_rnn_loop(name, p, x, reverse), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MIN_RNNS)
+@pytest.mark.parametrize("mode", MODES)
+def test_min_rnn_gradients_equal_autodiff_of_the_equations(name, mode):
+  """Parameters and inputs, float64, both directions."""
+  with jax.enable_x64(True):
+    cell = models.CELLS[name](hidden_size=HIDDEN, mode=mode)
+    x = jnp.asarray(_inputs(14), jnp.float64)
+    params = jax.tree.map(jnp.asarray, _spread_biases(
+        _numpy(cell.init(jax.random.key(15), x)["params"])))
+    weights = jnp.asarray(_inputs(16, (BATCH, TIME, HIDDEN)), jnp.float64)
+    for reverse in (False, True):
+      layers = (lambda p, x: cell.apply({"params": p}, x, reverse=reverse),
+                lambda p, x: _min_rnn_loop(name, p, x, reverse, xp=jnp))
+      ours, reference = (jax.grad(lambda p, x: jnp.sum(weights * layer(p, x)),
+                                  argnums=(0, 1))(params, x) for layer in layers)
+      for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MIN_RNNS)
+def test_min_rnn_mode_reaches_the_bidirectional_classifier(name):
+  """Same parameters in both modes, and the same logits."""
+  x = _inputs(19, (BATCH, 28, 28))
+  results = {}
+  for mode in MODES:
+    cfg = _model_config(name, num_layers=2, bidirectional=True,
+                        **{f"options.{name}.mode": mode})
+    model = models.build_model(cfg.model)
+    assert model.cell_options == (("mode", mode),)
+    variables = model.init(jax.random.key(20), x)
+    results[mode] = variables, model.apply(variables, x)
+  (params_seq, logits_seq), (params_par, logits_par) = (results["sequential"],
+                                                         results["parallel"])
+  jax.tree.map(np.testing.assert_array_equal, params_seq, params_par)
+  assert "recurrent_kernel" not in params_seq["params"]["layer1_bwd"]
+  np.testing.assert_allclose(logits_par, logits_seq, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------
 # Through the config and the classifier.
 # ----------------------------------------------------------------------------------
 def _model_config(name, **overrides):
@@ -254,6 +341,8 @@ def test_train_step_changes_every_parameter(name):
      "an integer of at least 3"),
     ("simple_rnn", "activation", "gelu", "options.simple_rnn.activation='gelu' must "
      "be tanh or relu"),
+    ("min_gru", "mode", "fft", "options.min_gru.mode='fft' must be sequential or "
+     "parallel"),
 ])
 def test_bad_cell_option_is_one_line_naming_it(cell, option, value, phrase):
   cfg = config_lib.get_config()

@@ -1,6 +1,8 @@
 """Reports: figures and Markdown from a workdir's files, and the comparison of runs."""
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax import evaluate
 from mnist_jax import report
 from mnist_jax import results
-from mnist_jax.errors import WorkdirError
+from mnist_jax.errors import WorkdirError, WriteError
 
 NUM_EVAL = 300  # make_tiny_config's max_eval_examples: the test split's size here.
 
@@ -127,3 +129,58 @@ def test_fashion_mnist_report_names_its_classes(tmp_path, tiny_resolved):
   assert "| 9 Ankle boot |" in md and "| 0 T-shirt/top |" in md
   for key in ("confusion_matrix", "most_confident_errors"):
     _assert_png(paths[key])
+
+
+@pytest.mark.faults
+def test_damaged_evaluation_files_are_noted_in_the_report(tmp_path, tiny_resolved):
+  """Truncated files a run wrote: the report says which and how to redo them."""
+  workdir = _fake_workdir(tmp_path / "run", tiny_resolved)
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 14, "split": "tra')  # A kill while logging.
+  csv_path = workdir / "eval" / "test_step12_predictions.csv"
+  csv_path.write_text(csv_path.read_text()[:3000])
+  report.write_report(str(workdir), images=np.zeros((NUM_EVAL, 28, 28), np.uint8))
+  md = (workdir / "report" / "report.md").read_text()
+  assert f"Not drawn: {csv_path} cannot be read" in md
+  assert "| accuracy |" in md  # The metrics are still reported.
+  metrics_path = workdir / "eval" / "test_step12_metrics.json"
+  metrics_path.write_text(metrics_path.read_text()[:100])
+  paths = report.write_report(str(workdir))
+  md = (workdir / "report" / "report.md").read_text()
+  assert f"Not reported: {metrics_path} is damaged (JSONDecodeError" in md
+  assert "--mode=eval --workdir=" in md and "--checkpoint=12" in md
+  assert set(paths) == {"learning_curves", "report"}
+  table = report.compare([str(workdir)], str(tmp_path / "cmp"))["table"]
+  assert "| damaged file | damaged file | damaged file |" in open(table).read()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("what", ["report.md", "figure"])
+def test_full_disk_while_drawing_the_report_is_one_line(tmp_path, tiny_resolved,
+                                                        monkeypatch, what):
+  workdir = _fake_workdir(tmp_path / "run", tiny_resolved, evaluated=False)
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  if what == "report.md":
+    monkeypatch.setattr(os, "fsync", full)
+  else:
+    monkeypatch.setattr(report.Figure, "savefig", full)
+  with pytest.raises(WriteError) as e:
+    report.write_report(str(workdir))
+  name = "report.md" if what == "report.md" else "learning_curves.png"
+  assert str(e.value) == (
+      f"no space left on device writing {workdir}/report/{name}; the training and "
+      f"evaluation files in {workdir} are intact: free space and run `mnist-jax "
+      f"--mode=report --workdir={workdir}`")
+
+
+@pytest.mark.parametrize("model,words", [
+    ({"name": "lstm", "hidden_size": 100, "num_layers": 1}, "LSTM(100), 1 layer"),
+    ({"name": "gru", "hidden_size": 160, "num_layers": 2, "bidirectional": True},
+     "GRU(160), 2 layers, bidirectional"),
+    ({"name": "flax.linen:GRUCell", "hidden_size": 64, "num_layers": 1},
+     "GRUCell(64), 1 layer")])
+def test_models_are_described_in_words(model, words):
+  from mnist_jax import results
+  assert results.describe_model(model) == words

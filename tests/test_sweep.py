@@ -13,12 +13,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, one_line_error
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import summary
 from mnist_jax import sweeps
-from mnist_jax.errors import ConfigError, UserError
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import ConfigError, DamagedFileError, UserError, WorkdirError
 
 
 # ----------------------------------------------------------------------------------
@@ -79,6 +80,18 @@ def test_get_sweep_in_the_config_file_and_flags_on_top(tmp_path):
     sweeps.axes_for(str(REPO / "experiments" / "seed_lstm.py"), [])
 
 
+def test_a_key_in_two_sweep_flags_or_a_repeated_value_is_an_error(tmp_path):
+  """Before, the later --sweep=seed=... silently replaced the earlier one."""
+  path = tmp_path / "exp.py"
+  path.write_text("from mnist_jax.config import get_config\n")
+  with pytest.raises(UserError, match=r"both sweep seed; .*--sweep=seed=0,1,2\)"):
+    sweeps.axes_for(str(path), ["seed=0,1", "model.hidden_size=8", "seed=1,2"])
+  with pytest.raises(UserError, match="share the folder 'seed=1'"):
+    sweeps.grid({"seed": ["1", "2", "1"]})
+  with pytest.raises(UserError, match="share the folder 'data.name=a_b'"):
+    sweeps.grid({"data.name": ["a/b", "a b"]})
+
+
 # ----------------------------------------------------------------------------------
 # The summary's numbers, on made-up runs.
 # ----------------------------------------------------------------------------------
@@ -107,6 +120,60 @@ def _fake_sweep(root, accuracies: dict[str, list[float | None]]) -> None:
                                                "runs": runs}))
 
 
+def test_damaged_run_files_count_as_unfinished_in_the_summary(tmp_path, capsys):
+  """A truncated run_info.json, and a metrics.jsonl whose last line a kill cut short."""
+  _fake_sweep(tmp_path, {"model.hidden_size=8": [0.91, 0.93, 0.96]})
+  info = tmp_path / "seed=1+model.hidden_size=8" / "run_info.json"
+  info.write_text(info.read_text()[:30])
+  with open(tmp_path / "seed=2+model.hidden_size=8" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 8, "split": "validation", "epo')
+  assert not sweeps.finished(str(info.parent))
+  assert "run_info.json is damaged" in capsys.readouterr().out
+  paths = summary.summarize(str(tmp_path))
+  assert f"{info} is damaged" in capsys.readouterr().err
+  with open(paths["runs.csv"]) as f:
+    status = {r["run"]: r["status"] for r in csv.DictReader(f)}
+  assert status["seed=1+model.hidden_size=8"] == "damaged run_info.json"
+  with open(paths["summary.csv"]) as f:
+    row = next(csv.DictReader(f))
+  assert row["finished"] == "2"
+  assert float(row["test_accuracy_mean"]) == pytest.approx((0.91 + 0.96) / 2)
+  assert float(row["best_val_epoch_mean"]) == pytest.approx((3 + 2) / 2)
+
+
+@pytest.mark.parametrize("text", ['{"config": "x.py", "runs": [{"na', '[]',
+                                  '{"config": "x.py", "common_overrides": [], '
+                                  '"runs": [{"name": "a"}]}'])
+def test_damaged_sweep_json_is_one_line(tmp_path, text):
+  _fake_sweep(tmp_path, {"model.hidden_size=8": [0.91]})
+  (tmp_path / "sweep.json").write_text(text)
+  with pytest.raises(DamagedFileError, match="sweep.json is damaged .*without "
+                                             "--summary_only"):
+    summary.summarize(str(tmp_path))
+  proc = subprocess.run([sys.executable, "-m", "mnist_jax.sweep", "--summary_only",
+                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert "sweep.json is damaged" in one_line_error(proc)
+
+
+def test_a_sweep_and_a_training_run_refuse_each_other_s_folder(tmp_path,
+                                                               make_tiny_config):
+  run, sweep = tmp_path / "run", tmp_path / "sweep"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  for summary_only in (False, True):
+    with pytest.raises(UserError, match="holds a training run \\(config.json\\)"):
+      sweeps.run_sweep("experiments/seed_rnn.py", config_lib.get_config(), str(run),
+                       ["seed=0"], 1, [], summary_only=summary_only)
+  _fake_sweep(sweep, {"model.hidden_size=8": [0.91]})
+  with pytest.raises(WorkdirError, match="holds a sweep \\(sweep.json\\); train into"):
+    workdir_lib.Workdir.create(config_lib.resolve(make_tiny_config()), str(sweep))
+  with pytest.raises(WorkdirError, match="is a sweep folder, not a training workdir"):
+    workdir_lib.read_config(str(sweep))
+  assert not (sweep / "config.json").exists()
+  assert os.listdir(run) == ["config.json"]  # Refused before anything was written.
+
+
 def test_summary_numbers_equal_numpy(tmp_path):
   accuracies = {"model.hidden_size=8": [0.91, 0.93, 0.96],
                 "model.hidden_size=16": [0.97, None]}  # Second seed unfinished.
@@ -127,7 +194,7 @@ def test_summary_numbers_equal_numpy(tmp_path):
   assert (other["runs"], other["finished"]) == ("2", "1")
   assert float(other["test_accuracy_std"]) == 0.0
   md = open(paths["summary.md"]).read()
-  assert f"| model.hidden_size=8 | 3/3 | {100 * a.mean():.2f} ± {100 * a.std(ddof=1):.2f}" in md
+  assert f"| model.hidden_size=8 |  | 3/3 | {100 * a.mean():.2f} ± {100 * a.std(ddof=1):.2f}" in md
   for name in ("accuracy.png", "learning_curves.png"):
     assert os.path.getsize(paths[name]) > 1000
   from tensorboard.backend.event_processing import event_multiplexer
@@ -210,6 +277,59 @@ def test_sweep_killed_midway_resumes_to_the_same_summary(tmp_path, tfds_dir,
     got = [{k: r[k] for k in ("run", "test_accuracy", "test_macro_f1",
                               "checkpoint_step")} for r in csv.DictReader(f)]
   assert got == expected
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_second_sweep_on_a_folder_is_refused_naming_the_first(tmp_path, tfds_dir,
+                                                               data_root):
+  sweep_dir = tmp_path / "sweep"
+  cmd = _sweep_cmd(sweep_dir, tfds_dir, "--sweep=seed=0,1", "--parallel=1")
+  first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not (sweep_dir / "sweep.json").exists():  # Written under the lock.
+      assert first.poll() is None and time.monotonic() < deadline
+      time.sleep(0.05)
+    for extra in ([], ["--summary_only"]):
+      start = time.monotonic()
+      second = subprocess.run(cmd + extra, cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+      took = time.monotonic() - start
+      line = one_line_error(second)
+      assert f"sweep folder {sweep_dir} is in use by PID {first.pid} " in line
+      assert took < 10, took
+      assert first.poll() is None, "the first sweep ended before the second started"
+    out, err = first.communicate(timeout=300)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == 0, err[-3000:]
+  assert "2 done" in out
+  with open(sweep_dir / "summary.csv") as f:
+    assert [r["finished"] for r in csv.DictReader(f)] == ["2"]
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sweep_rerun_trains_a_run_with_a_damaged_run_info_again(tmp_path, tfds_dir,
+                                                                 data_root):
+  """A run_info.json cut short (a full disk, say) is a run that did not finish: the
+  sweep starts it again, it resumes from its checkpoints and writes a whole one."""
+  sweep_dir = tmp_path / "sweep"
+  cmd = _sweep_cmd(sweep_dir, tfds_dir, "--sweep=seed=0", "--parallel=1")
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  info = sweep_dir / "seed=0" / "run_info.json"
+  test = json.loads(info.read_text())["test"]
+  info.write_text(info.read_text()[:40])
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert f"{info} is damaged" in proc.stdout and "1 done" in proc.stdout
+  assert "Resumed from checkpoint" in (info.parent / "sweep.log").read_text()
+  assert sweeps.finished(str(info.parent))
+  assert json.loads(info.read_text())["test"] == test
 
 
 # ----------------------------------------------------------------------------------

@@ -4,13 +4,18 @@ Each cell is a `RecurrentCell` (see `base.py` for the contract and parameter lay
 `SequenceClassifier` stacks them and reads out class logits. A cell's own settings are
 declared beside its code (`OPTIONS`, see `base.Option`); the config exposes them as
 `config.model.options.<name>.<option>` and `build_model` passes them to the cell.
+
+`config.model.name` may instead be a "module:Class" import path of a RecurrentCell or
+flax `nn.RNNCellBase` subclass, with its settings in `config.model.options.external`:
+see `external.py`.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 
 from mnist_jax.errors import ConfigError
+from mnist_jax.models import external
 from mnist_jax.models.base import HasOptions, Option, RecurrentCell
 from mnist_jax.models.classifier import SequenceClassifier
 from mnist_jax.models.gru import GRU
@@ -19,6 +24,7 @@ from mnist_jax.models.irnn import IRNN
 from mnist_jax.models.layernorm_lstm import LayerNormLSTM
 from mnist_jax.models.lru import LRUBlock
 from mnist_jax.models.lstm import LSTM
+from mnist_jax.models.min_rnn import MinGRU, MinLSTM
 from mnist_jax.models.simple_rnn import SimpleRNN
 
 # Name (as in `config.model.name`) -> cell class.
@@ -30,30 +36,64 @@ CELLS: dict[str, type[nn.Module]] = {
     "irnn": IRNN,
     "indrnn": IndRNN,
     "lru": LRUBlock,  # Residual LRU block, not a RecurrentCell; same interface.
+    "min_gru": MinGRU,
+    "min_lstm": MinLSTM,
 }
 
 __all__ = ["CELLS", "HasOptions", "Option", "RecurrentCell", "SequenceClassifier",
-           "build_model", "check_options"]
+           "build_model", "cell_layer", "check_model", "check_options",
+           "complete_model", "layer_class"]
 
 
 def check_options(name: str, values: dict[str, Any]) -> None:
-  """Raises ConfigError naming the first invalid option of cell `name`."""
-  cell: type[HasOptions] = CELLS[name]
-  for key, option in cell.OPTIONS.items():
-    value = values[key]
-    if option.valid is not None and not option.valid(value):
-      raise ConfigError(f"config.model.options.{name}.{key}={value!r} must be "
-                        f"{option.requirement or 'valid'}.")
-  problem = cell.options_error(values)
-  if problem:
-    raise ConfigError(f"config.model.options.{name}: {problem}.")
+  """Raises ConfigError naming the first invalid option of registered cell `name`."""
+  external.check_option_values(CELLS[name], values, f"config.model.options.{name}")
+
+
+def check_model(model_config, search_dirs: Sequence[str] = ()) -> None:
+  """Raises ConfigError unless `config.model.name` names a cell that takes its options.
+
+  Args:
+    model_config: `config.model`.
+    search_dirs: folders where an import-path cell's module may sit (experiment
+      files' folders), for a config that `complete_model` has not seen yet.
+  """
+  name = model_config.name
+  if external.is_import_path(name):
+    external.check(model_config, search_dirs)
+    return
+  if name not in CELLS:
+    raise ConfigError(f"config.model.name={name!r} is not valid; choose one of: "
+                      f"{', '.join(sorted(CELLS))}, or give {external.EXPECTED}.")
+  check_options(name, model_config.options[name].to_dict())
+
+
+def complete_model(model_config, search_dirs: Sequence[str]) -> None:
+  """Resolve time (unlocked `config.model`): an import-path cell's module file goes to
+  `model.cell_file` and its default settings into `model.options.external`."""
+  if external.is_import_path(model_config.name):
+    external.complete(model_config, search_dirs)
+
+
+def cell_layer(model_config) -> tuple[type[HasOptions], tuple[tuple[str, Any], ...]]:
+  """The layer class `config.model` names and its constructor options, (name, value)
+  pairs (for a flax cell: the adapter, `external.FlaxCellLayer`)."""
+  if external.is_import_path(model_config.name):
+    return external.layer(model_config)
+  options = model_config.options[model_config.name]
+  return CELLS[model_config.name], tuple(sorted(options.items()))
+
+
+def layer_class(model_config) -> type[HasOptions]:
+  """The layer class, for what it declares (`RECURRENCE_PARAMS`, `OPTIONS`)."""
+  return cell_layer(model_config)[0]
 
 
 def build_model(model_config) -> SequenceClassifier:
   """Builds the classifier that `config.model` describes (already validated)."""
-  options = model_config.options[model_config.name]
+  cell, options = cell_layer(model_config)
   return SequenceClassifier(
-      cell=CELLS[model_config.name],
+      cell=cell,
       hidden_size=model_config.hidden_size,
       num_layers=model_config.num_layers,
       bidirectional=model_config.bidirectional,
@@ -61,5 +101,5 @@ def build_model(model_config) -> SequenceClassifier:
       readout=model_config.readout,
       unroll=model_config.unroll,
       num_classes=model_config.num_classes,
-      cell_options=tuple(sorted(options.items())),
+      cell_options=options,
   )

@@ -17,6 +17,12 @@ Parameter layout of a cell named `layer0_fwd`::
     layer0_fwd/recurrent_bias      [gates * hidden]   (only cells that need one: GRU)
 
 Gates are concatenated along the last axis in the order the cell's docstring gives.
+The base class creates only the recurrent weights a cell declares: the class
+attributes `uses_recurrent_kernel` (default True) and `uses_recurrent_bias` (default
+False). A cell whose gates read only x_t (minGRU, minLSTM: `min_rnn.py`) sets
+`uses_recurrent_kernel = False`, has no `recurrent_kernel`, gets no "kernel" in
+`recurrent_params()`, and its `RECURRENCE_PARAMS` (derived from the two flags unless
+the class sets it) leaves the optimizer's recurrence group empty.
 A new cell subclasses `RecurrentCell`, sets `num_gates`, and writes `recurrence` and
 (if its carry is not a single hidden vector) `initial_carry` and `output`. Settings of
 its own are module attributes listed in `OPTIONS` (see `Option`): the config exposes
@@ -100,15 +106,27 @@ class RecurrentCell(HasOptions, nn.Module):
   unroll: int = 1
 
   num_gates: ClassVar[int] = 1
+  uses_recurrent_kernel: ClassVar[bool] = True
   uses_recurrent_bias: ClassVar[bool] = False
-  RECURRENCE_PARAMS = ("recurrent_kernel", "recurrent_bias")
+  RECURRENCE_PARAMS = ("recurrent_kernel",)
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    # The optimizer's recurrence group names what the cell declares, so a cell that
+    # turns a flag off needs no second edit; a cell with other recurrent parameters
+    # sets RECURRENCE_PARAMS itself.
+    if "RECURRENCE_PARAMS" not in cls.__dict__:
+      declared = (("recurrent_kernel", cls.uses_recurrent_kernel),
+                  ("recurrent_bias", cls.uses_recurrent_bias))
+      cls.RECURRENCE_PARAMS = tuple(name for name, used in declared if used)
 
   def setup(self):
     gates = self.num_gates * self.hidden_size
     self.input = nn.Dense(gates, kernel_init=nn.initializers.glorot_uniform(),
                           bias_init=self.input_bias_init, name="input")
-    self.recurrent_kernel = self.param(
-        "recurrent_kernel", self.recurrent_kernel_init, (self.hidden_size, gates))
+    if self.uses_recurrent_kernel:
+      self.recurrent_kernel = self.param(
+          "recurrent_kernel", self.recurrent_kernel_init, (self.hidden_size, gates))
     if self.uses_recurrent_bias:
       self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros, (gates,))
 
@@ -127,8 +145,13 @@ class RecurrentCell(HasOptions, nn.Module):
 
   # -- The contract. -----------------------------------------------------------------
   def recurrent_params(self) -> dict[str, Array]:
-    """Parameters `recurrence` needs, read outside any JAX transform."""
-    params = {"kernel": self.recurrent_kernel}
+    """Parameters `recurrence` needs, read outside any JAX transform.
+
+    "kernel" and "bias" when the cell declares them; empty for a cell with neither.
+    """
+    params = {}
+    if self.uses_recurrent_kernel:
+      params["kernel"] = self.recurrent_kernel
     if self.uses_recurrent_bias:
       params["bias"] = self.recurrent_bias
     return params

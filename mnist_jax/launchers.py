@@ -122,10 +122,11 @@ class LocalLauncher:
 
 
 def make_launcher(name: str, parallel: int | None, cpu_devices: int | None,
-                  slurm_options=None):
-  """The launcher `--launcher=name` asks for (slurm: `slurm_launcher.Options`)."""
+                  count: int, slurm_options=None):
+  """The launcher `--launcher=name` asks for, for `count` runs (slurm: with
+  `slurm_options`, a slurm_launcher.Options)."""
   if name == "slurm":
     from mnist_jax import slurm_launcher
     return slurm_launcher.SlurmLauncher(slurm_options or slurm_launcher.Options(),
-                                        parallel, cpu_devices)
+                                        parallel, cpu_devices, count)
   return LocalLauncher(parallel, cpu_devices)

@@ -16,9 +16,17 @@ finished runs and resumes interrupted ones; a failed run is reported and the oth
 go on; SIGTERM or Ctrl-C stops all runs at a checkpoint. At the end (and with
 --summary_only at any time) SWEEP_DIR/summary.md, summary.csv and plots are written.
 One sweep at a time per SWEEP_DIR: a second is refused at once, naming the first.
+
+--launcher=slurm submits each run as its own SLURM job instead (sbatch; one CPU device
+each unless --cpu_devices says otherwise), follows them with squeue, and records the
+job ids in each run's folder: the same command again follows jobs still queued or
+running, skips finished runs and resubmits the rest, which resume from their
+checkpoints. Ctrl-C or SIGTERM then stops following; the jobs go on. See
+docs/distributed.md, "SLURM".
 """
 
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -37,6 +45,23 @@ flags.DEFINE_integer("parallel", None, "Runs at a time (default: one per GPU, el
                      "one per CPU core; fewer runs than cores get several CPU devices "
                      "each).", lower_bound=1)
 flags.DEFINE_bool("summary_only", False, "Only (re)write the summary of what ran.")
+flags.DEFINE_integer("cpu_devices", None, "CPU devices of each run (main's "
+                     "--cpu_devices; default: local, the cores shared out as "
+                     "--parallel says; slurm, 1).", lower_bound=1)
+flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "local: runs are processes "
+                  "of this machine. slurm: one sbatch job per run, followed with "
+                  "squeue; --parallel caps the jobs queued at once (default: all).")
+flags.DEFINE_string("slurm_partition", None, "slurm: sbatch --partition.")
+flags.DEFINE_string("slurm_time", None, "slurm: sbatch --time of each job, e.g. "
+                    "2:00:00 (default: the partition's). SIGTERM comes 120 s before "
+                    "it: the run saves and the next sweep resumes it.")
+flags.DEFINE_integer("slurm_cpus_per_run", 1, "slurm: --cpus-per-task of each job.",
+                     lower_bound=1)
+flags.DEFINE_integer("slurm_gpus_per_run", 0, "slurm: --gpus of each job.",
+                     lower_bound=0)
+flags.DEFINE_string("slurm_sbatch", "", "slurm: more sbatch options, quoted as one "
+                    "string, e.g. --slurm_sbatch='--account=ml --qos=low'; they "
+                    "override the sweep's.")
 flags.mark_flag_as_required("workdir")
 flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
                          "--workdir must name a folder, not be empty.")
@@ -54,9 +79,31 @@ def main(argv):
                    if FLAGS.config else None)
     return sweeps.run_sweep(config_path, FLAGS.config, FLAGS.workdir, FLAGS.sweep,
                             FLAGS.parallel, common=cli.config_overrides(sys.argv),
-                            summary_only=FLAGS.summary_only)
+                            summary_only=FLAGS.summary_only, launcher=FLAGS.launcher,
+                            cpu_devices=FLAGS.cpu_devices,
+                            slurm_options=_slurm_options())
   except UserError as e:
     sys.exit(f"error: {e}")
+
+
+def _slurm_options():
+  """The --slurm_* flags; given with --launcher=local they are an error."""
+  from mnist_jax import slurm_launcher
+  from mnist_jax.errors import UserError
+  given = [f"--{name}" for name in ("slurm_partition", "slurm_time",
+                                    "slurm_cpus_per_run", "slurm_gpus_per_run",
+                                    "slurm_sbatch") if FLAGS[name].present]
+  if given and FLAGS.launcher != "slurm":
+    raise UserError(f"{given[0]} is for --launcher=slurm; add it or drop {given[0]}.")
+  try:
+    shlex.split(FLAGS.slurm_sbatch)
+  except ValueError as e:
+    raise UserError(f"--slurm_sbatch={FLAGS.slurm_sbatch!r}: {e}; quote the options "
+                    f"as one shell string.") from None
+  return slurm_launcher.Options(
+      partition=FLAGS.slurm_partition, time=FLAGS.slurm_time,
+      cpus_per_run=FLAGS.slurm_cpus_per_run, gpus_per_run=FLAGS.slurm_gpus_per_run,
+      sbatch=FLAGS.slurm_sbatch)
 
 
 def run():

@@ -2,12 +2,13 @@
 
 `grid(axes)` expands {"seed": ["0", "1"], "model.hidden_size": ["64", "128"]} into
 runs; `Sweep.run()` trains them N at a time, each as its own `mnist_jax.main`
-process (so a crash stays in its run), with a share of the CPU cores or one GPU. Running
+process (so a crash stays in its run), with a share of the CPU cores or one GPU, or
+as a SLURM job each: how a run starts is its launcher's (launchers.py). Running
 the same sweep again skips finished runs and resumes interrupted ones (each run's own
 resume). `summary.py` turns the finished runs into tables and plots.
 
     SWEEP_DIR/<key=value+key=value>/   one training workdir per run
-    SWEEP_DIR/<run>/sweep.log          that run's output
+    SWEEP_DIR/<run>/sweep.log          that run's output (SLURM: slurm-<jobid>.log)
     SWEEP_DIR/sweep.json               the sweep: config file, overrides, axes, runs
 
 A sweep holds SWEEP_DIR's lock (`locks.py`) while it runs or writes its summary: a
@@ -16,18 +17,17 @@ is not a training workdir, nor the reverse: each refuses the other's folder.
 """
 
 import dataclasses
-import glob
 import itertools
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from typing import Sequence
 
 from mnist_jax import config as config_lib
+from mnist_jax import launchers
 from mnist_jax import locks
 from mnist_jax import provenance
 from mnist_jax.errors import (ConfigError, DamagedFileError, UserError, WriteError,
@@ -100,81 +100,52 @@ def finished(workdir: str) -> bool:
     return False
 
 
-def slots(parallel: int | None) -> list[dict[str, str]]:
-  """What each concurrent run gets: a GPU (`{"gpu": "i"}`) or a share of the CPUs.
-
-  One run per GPU where there are GPUs, else one run per CPU core this process may
-  use, each with one CPU device; fewer runs than cores (--parallel) get the cores
-  shared out as CPU devices (`{"cpu_devices": "n"}`: --parallel=1 on 2 cores gives
-  each run 2). CPU runs are not pinned to cores: a process pinned to one core gets a
-  one-thread XLA pool and computes in another float order than `mnist-jax
-  --cpu_devices=1` on the same machine, so its results would not be those of a single
-  run. More runs than cores share the cores, which ends a sweep sooner when its last
-  wave would leave cores idle (3 runs on 2 cores). On a TPU pod slice every run needs
-  the whole slice: use --parallel=1 there.
-  """
-  gpus = sorted(glob.glob("/dev/nvidia[0-9]*"))
-  if gpus and os.environ.get("JAX_PLATFORMS", "") in ("", "cuda", "gpu"):
-    found = [{"gpu": str(i)} for i in range(len(gpus))]
-    count = parallel or len(found)
-    return [found[i % len(found)] for i in range(count)]
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-  count = parallel or cores
-  return [{"cpu_devices": str(max(1, cores // count))} for _ in range(count)]
-
-
 class Sweep:
-  """Runs a grid of `mnist_jax.main` trainings, `len(slots)` at a time."""
+  """Runs a grid of `mnist_jax.main` trainings through a launcher (launchers.py),
+  `len(launcher.slots)` at a time."""
 
   def __init__(self, config_path: str, sweep_dir: str, runs: Sequence[Run],
-               common: Sequence[str], slots_: Sequence[dict[str, str]],
-               report_every_s: float = 30.0):
+               common: Sequence[str], launcher, report_every_s: float = 30.0):
     self.config_path, self.dir, self.runs = config_path, sweep_dir, list(runs)
-    self.common, self.slots = list(common), list(slots_)
+    self.common, self.launcher = list(common), launcher
     self.report_every_s = report_every_s
     self.state = {r.name: "pending" for r in self.runs}
-    self._procs: dict[str, tuple[subprocess.Popen, dict]] = {}
+    self.logs = {r.name: os.path.join(self.workdir(r), "sweep.log") for r in self.runs}
+    self._jobs: dict[str, launchers.Job] = {}
     self._stop = None
+    self._detached = False
 
   def workdir(self, run: Run) -> str:
     return os.path.join(self.dir, run.name)
 
   def command(self, run: Run, slot: dict[str, str]) -> list[str]:
+    # The W&B group (used only with wandb.enabled) names the sweep; --config.* given
+    # to the sweep come later and win.
+    group = os.path.basename(os.path.abspath(self.dir))
     return [sys.executable, "-m", "mnist_jax.main", f"--config={self.config_path}",
-            f"--workdir={self.workdir(run)}", *self.common, *run.flags(),
-            f"--cpu_devices={slot.get('cpu_devices', '1')}"]
+            f"--workdir={self.workdir(run)}", f"--config.wandb.group={group}",
+            *self.common, *run.flags(), f"--cpu_devices={slot.get('cpu_devices', '1')}"]
 
-  def _start(self, run: Run, slot: dict[str, str]) -> None:
-    env = dict(os.environ)
-    if "gpu" in slot:
-      env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
-    log_path = os.path.join(self.workdir(run), "sweep.log")
-    with disk_errors(log_path):
-      os.makedirs(self.workdir(run), exist_ok=True)
-      log = open(log_path, "a")
-    proc = subprocess.Popen(self.command(run, slot), stdout=log, stderr=subprocess.STDOUT,
-                            env=env, stdin=subprocess.DEVNULL)
-    log.close()
-    self._procs[run.name] = (proc, slot)
-    self.state[run.name] = "running"
+  def _follow(self, job: launchers.Job) -> None:
+    self._jobs[job.name] = job
+    self.logs[job.name] = job.log
+    self.state[job.name] = job.state
 
   def _handle(self, signum, frame) -> None:
-    """No new runs; running ones save a checkpoint and exit.
-
-    Ctrl-C in a terminal already reaches every run (one process group), and a second
-    signal would make a run exit without saving; so only SIGTERM is passed on.
-    """
+    """No new runs; the launcher passes the stop on (local runs save a checkpoint and
+    exit; SLURM jobs go on, no longer followed)."""
     del frame
     self._stop = signal.Signals(signum).name
-    if signum == signal.SIGTERM:
-      for proc, _ in self._procs.values():
-        proc.send_signal(signal.SIGTERM)
+    if not self.launcher.stop(list(self._jobs.values()), signum):
+      self._detached = True
 
   def run(self) -> dict[str, str]:
     """Trains every run not finished yet; returns {run name: final state}.
 
     States: "done" (finished, now or before), "failed" (non-zero exit; the others go
-    on), "stopped" (a signal stopped the sweep: run it again to resume), "pending".
+    on), "stopped" (a signal stopped the sweep, or the run's job: run it again to
+    resume), "pending", and, when the sweep stopped following a scheduler's jobs,
+    "queued" or "running".
     """
     for run in self.runs:
       if finished(self.workdir(run)):
@@ -192,27 +163,38 @@ class Sweep:
 
   def _loop(self) -> None:
     pending = [r for r in self.runs if self.state[r.name] == "pending"]
-    free = list(self.slots)
+    free = list(self.launcher.slots)
+    for job in self.launcher.adopt({r.name: self.workdir(r) for r in pending}):
+      pending = [r for r in pending if r.name != job.name]  # Not submitted twice.
+      self._follow(job)
+      if free:
+        free.pop()
     last_report = 0.0
-    while pending or self._procs:
+    while pending or self._jobs:
       while pending and free and self._stop is None:
-        self._start(pending.pop(0), free.pop(0))
+        run, slot = pending.pop(0), free.pop(0)
+        self._follow(self.launcher.start(run.name, self.workdir(run),
+                                         self.command(run, slot), slot))
         last_report = 0.0
-      for name, (proc, slot) in list(self._procs.items()):
-        if proc.poll() is not None:
-          del self._procs[name]
-          free.append(slot)
-          self.state[name] = self._outcome(name, proc.returncode)
-          last_report = 0.0
-      if (self._stop is not None and not self._procs) or not (pending or self._procs):
+      for name, how in self.launcher.ended(list(self._jobs.values())).items():
+        job = self._jobs.pop(name)
+        if len(free) + len(self._jobs) < len(self.launcher.slots):
+          free.append(job.slot)
+        self.state[name] = self._outcome(name, how)
+        last_report = 0.0
+      for job in self._jobs.values():
+        self.state[job.name] = job.state
+      if (self._stop is not None and (self._detached or not self._jobs)) or not (
+          pending or self._jobs):
         break
       if time.monotonic() - last_report > self.report_every_s:
         self._print_status()
         last_report = time.monotonic()
-      time.sleep(0.2)
+      time.sleep(self.launcher.poll_every_s)
 
-  def _outcome(self, name: str, returncode: int) -> str:
-    if returncode != 0:
+  def _outcome(self, name: str, how: str) -> str:
+    """"failed" for a failed job, else "done" or "stopped" by the run's own files."""
+    if how == "failed":
       return "failed"
     return "done" if finished(os.path.join(self.dir, name)) else "stopped"
 
@@ -225,22 +207,21 @@ class Sweep:
 
   def _print_status(self, final: bool = False) -> None:
     """One line of counts, then one line per run that is running or failed."""
-    counts = {s: list(self.state.values()).count(s)
-              for s in ("done", "running", "failed", "stopped", "pending")}
+    states = ("done", "running", "queued", "failed", "stopped", "pending")
+    counts = {s: list(self.state.values()).count(s) for s in states}
     head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     print(f"[sweep {self.dir}] {head}", flush=True)
     for name, state in self.state.items():
       if state == "running":
-        print(f"  running  {name}: {_last_progress(self.dir, name)}", flush=True)
+        print(f"  running  {name}: {_last_progress(self.logs[name])}", flush=True)
       elif state == "failed" and final:
-        print(f"  failed   {name}: see {os.path.join(self.dir, name, 'sweep.log')}",
-              flush=True)
+        print(f"  failed   {name}: see {self.logs[name]}", flush=True)
 
 
-def _last_progress(sweep_dir: str, name: str) -> str:
+def _last_progress(log: str) -> str:
   """The run's latest 'step N/M ... ETA' log line, shortened."""
   try:
-    with open(os.path.join(sweep_dir, name, "sweep.log"), errors="replace") as f:
+    with open(log, errors="replace") as f:
       lines = [l for l in f.read().splitlines()[-50:]
                if re.search(r"\bstep \d+/\d+", l)]
   except OSError:
@@ -314,8 +295,14 @@ def check_runs(config, runs: Sequence[Run]) -> None:
 
 def run_sweep(config_path: str | None, config, sweep_dir: str,
               sweep_flags: Sequence[str], parallel: int | None,
-              common: Sequence[str], summary_only: bool = False) -> int:
-  """`mnist-jax-sweep`: trains the grid, then writes the summary; the exit status."""
+              common: Sequence[str], summary_only: bool = False,
+              launcher: str = "local", cpu_devices: int | None = None,
+              slurm_options=None) -> int:
+  """`mnist-jax-sweep`: trains the grid, then writes the summary; the exit status.
+
+  `launcher`, `cpu_devices` and `slurm_options` (a slurm_launcher.Options) choose
+  how runs start: launchers.make_launcher.
+  """
   runs = None
   if not summary_only:
     if config_path is None:
@@ -325,7 +312,9 @@ def run_sweep(config_path: str | None, config, sweep_dir: str,
   _check_folder(sweep_dir, summary_only)
   try:
     with locks.locked(sweep_dir, "sweep folder", "use another --workdir"):
-      return _run_locked(config_path, sweep_dir, runs, parallel, common)
+      make = lambda count: launchers.make_launcher(launcher, parallel, cpu_devices,
+                                                   count, slurm_options)
+      return _run_locked(config_path, sweep_dir, runs, make, common)
   except WriteError as e:
     raise e.advise(f"the runs' results in {sweep_dir} are intact: free space and run "
                    f"the same command again (finished runs are not trained again)"
@@ -346,14 +335,14 @@ def _check_folder(sweep_dir: str, summary_only: bool) -> None:
 
 
 def _run_locked(config_path: str | None, sweep_dir: str, runs: list[Run] | None,
-                parallel: int | None, common: Sequence[str]) -> int:
+                make_launcher, common: Sequence[str]) -> int:
   """Trains `runs` (None: none, --summary_only), then writes the summary."""
   from mnist_jax import summary
   states = {}
   if runs is not None:
-    print(f"[sweep {sweep_dir}] {len(runs)} runs, {len(slots(parallel))} at a time",
-          flush=True)
-    states = Sweep(config_path, sweep_dir, runs, common, slots(parallel)).run()
+    launcher = make_launcher(len(runs))
+    print(f"[sweep {sweep_dir}] {len(runs)} runs, {launcher.describe()}", flush=True)
+    states = Sweep(config_path, sweep_dir, runs, common, launcher).run()
   paths = summary.summarize(sweep_dir)
   print(f"Summary: {paths['summary.md']}")
   if "stopped" in states.values():

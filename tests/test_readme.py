@@ -42,6 +42,16 @@ def readme_commands() -> list[str]:
   return commands
 
 
+def _file_name(block: str) -> str | None:
+  """'my_cells.py' for a block whose first line is '# my_cells.py', else None."""
+  match = re.match(r"# (\w+\.py)\n", block)
+  return match.group(1) if match else None
+
+
+def _example_files() -> dict[str, str]:
+  return {_file_name(b): b for b in _blocks("python") if _file_name(b)}
+
+
 def test_readme_opens_with_the_two_commands():
   commands = readme_commands()
   assert commands[0].startswith("pip install -e '.[test]' && python -m pytest")
@@ -60,6 +70,9 @@ def test_every_readme_command_runs_as_written(tmp_path, tfds_dir, data_root):
   assert shutil.which("mnist-jax"), "pip install -e . installs the mnist-jax command"
   (tmp_path / "experiments").symlink_to(REPO / "experiments")
   _digit_png(tmp_path / "digit.png")
+  files = _example_files()  # "# my_cells.py" blocks: files the commands use.
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
   env = {**os.environ, "MNIST_JAX_MANUAL_DIR": str(data_root)}
   ran = []
   for command in readme_commands():
@@ -78,7 +91,11 @@ def test_every_readme_command_runs_as_written(tmp_path, tfds_dir, data_root):
   assert (tmp_path / "runs" / "seed_lstm" / "report" / "report.md").exists()
   assert (tmp_path / "runs" / "compare" / "comparison.md").exists()
 
+  assert {"my_cells.py", "my_experiment.py"} <= set(files)
+  assert (tmp_path / "runs" / "mine_quarter" / "eval").is_dir()
   for block in _blocks("python"):  # The Python examples, on the same workdirs.
+    if _file_name(block):
+      continue
     proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{block}\n{proc.stderr[-3000:]}"

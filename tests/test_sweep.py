@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, one_line_error
 from mnist_jax import config as config_lib
 from mnist_jax import data
+from mnist_jax import launchers
 from mnist_jax import summary
 from mnist_jax import sweeps
 from mnist_jax import workdir as workdir_lib
@@ -39,14 +40,17 @@ def test_grid_is_the_cartesian_product_named_by_overrides():
 
 
 def test_cpu_runs_share_the_cores_out_as_devices(monkeypatch):
-  monkeypatch.setattr(sweeps.glob, "glob", lambda pattern: [])  # No GPU.
-  monkeypatch.setattr(sweeps.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
+  monkeypatch.setattr(launchers.glob, "glob", lambda pattern: [])  # No GPU.
+  monkeypatch.setattr(launchers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
                       raising=False)
-  devices = lambda parallel: [s["cpu_devices"] for s in sweeps.slots(parallel)]
+  devices = lambda parallel, given=None: [
+      s["cpu_devices"] for s in launchers.local_slots(parallel, given)]
   assert devices(None) == ["1"] * 4  # One run per core.
   assert devices(1) == ["4"] and devices(2) == ["2", "2"] and devices(3) == ["1"] * 3
   assert devices(6) == ["1"] * 6
-  sweep = sweeps.Sweep("c.py", "d", [sweeps.Run((("seed", "0"),))], [], [])
+  assert devices(2, given=1) == ["1", "1"]  # mnist-jax-sweep --cpu_devices=1.
+  sweep = sweeps.Sweep("c.py", "d", [sweeps.Run((("seed", "0"),))], [],
+                       launchers.LocalLauncher(1))
   assert sweep.command(sweep.runs[0], {"cpu_devices": "2"})[-1] == "--cpu_devices=2"
   assert sweep.command(sweep.runs[0], {"gpu": "0"})[-1] == "--cpu_devices=1"
 
@@ -359,9 +363,11 @@ def test_sigterm_is_passed_on_once_and_ctrl_c_not_again(monkeypatch):
     def send_signal(self, sig):
       sent.append(sig)
 
-  sweep = sweeps.Sweep("x.py", "/tmp/unused", [], [], [{}])
-  sweep._procs = {"a": (FakeProc(), {}), "b": (FakeProc(), {})}
+  sweep = sweeps.Sweep("x.py", "/tmp/unused", [], [], launchers.LocalLauncher(1))
+  sweep._jobs = {n: launchers.Job(n, "/tmp/unused", {}, "log", FakeProc())
+                 for n in ("a", "b")}
   sweep._handle(signal.SIGINT, None)
-  assert sent == [] and sweep._stop == "SIGINT"
+  assert sent == [] and sweep._stop == "SIGINT" and not sweep._detached
   sweep._handle(signal.SIGTERM, None)
   assert sent == [signal.SIGTERM, signal.SIGTERM] and sweep._stop == "SIGTERM"
+  assert not sweep._detached  # Local runs are waited for while they save.

@@ -24,7 +24,7 @@ False). A cell whose gates read only x_t (minGRU, minLSTM: `min_rnn.py`) sets
 `recurrent_params()`, and its `RECURRENCE_PARAMS` (derived from the two flags unless
 the class sets it) leaves the optimizer's recurrence group empty.
 A new cell subclasses `RecurrentCell`, sets `num_gates`, and writes `recurrence` and
-(if its carry is not a single hidden vector) `initial_carry` and `output`. Settings of
+(if its carry is not a single hidden vector) `initial_carry`. Settings of
 its own are module attributes listed in `OPTIONS` (see `Option`): the config exposes
 them as `config.model.options.<cell name>.<attribute>` and `build_model` passes them.
 """

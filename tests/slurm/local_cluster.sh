@@ -30,7 +30,6 @@ have_commands() {
 
 install_packages() {
   have_commands && return 0
-  [ "$(id -u)" = 0 ] || fail "not root: cannot install $PACKAGES (install them, or use a real cluster)"
   command -v apt-get >/dev/null || fail "no apt-get: install SLURM (slurmctld, slurmd, client) and munge yourself"
   # Debian's postinst scripts would try to start services; the daemons start below.
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -106,15 +105,21 @@ node_up() {
   case "$state" in idle*|mix*|alloc*|comp*) return 0 ;; *) return 1 ;; esac
 }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# /proc rather than kill -0: a user other than root may ask about root's daemons.
+alive() { [ -s "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
+
+up() {
+  have_commands && alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && node_up
+}
 
 start() {
+  if up; then
+    echo "local_cluster: already up ($(sinfo -h -N -o '%N %c CPUs %m MB %t'))"; return 0
+  fi
+  [ "$(id -u)" = 0 ] || fail "not root: starting the cluster needs root (packages, daemons, $CONF); or use a real cluster"
   mkdir -p "$STATE" || fail "cannot create $STATE"
   install_packages
   start_munge
-  if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && node_up; then
-    echo "local_cluster: already up ($(sinfo -h -N -o '%N %c CPUs %m MB %t'))"; return 0
-  fi
   write_conf
   alive "$STATE/slurmctld.pid" || slurmctld >>"$STATE/start.log" 2>&1 \
     || fail "slurmctld did not start: $(tail -n 1 "$STATE/slurmctld.log" 2>/dev/null)"
@@ -149,7 +154,7 @@ stop() {
 }
 
 status() {
-  if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && node_up; then
+  if up; then
     echo "local_cluster: up ($(sinfo -h -N -o '%N %c CPUs %m MB %t'))"; return 0
   fi
   echo "local_cluster: down"; return 1

@@ -147,12 +147,22 @@ class CheckpointStore:
     Raises:
       WorkdirError: the checkpoint is damaged, or holds another model's parameters.
     """
+    return self.restore_part(step, "params", abstract_params, sharding)
+
+  def restore_part(self, step: int, name: str, abstract: Any,
+                   sharding: jax.sharding.Sharding) -> Any:
+    """One field of the saved train state ("params", "opt_state"), shaped like
+    `abstract` (`jax.ShapeDtypeStruct`s), placed with `sharding`.
+
+    Raises:
+      WorkdirError: the checkpoint is damaged, or holds another structure there.
+    """
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
-                                abstract_params)
-    args = ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                  restore_args={"params": restore_args},
+                                abstract)
+    args = ocp.args.PyTreeRestore(item={name: abstract},
+                                  restore_args={name: restore_args},
                                   partial_restore=True)
-    return self._restore(step, args)[0]["params"]
+    return self._restore(step, args)[0][name]
 
   def wait(self) -> None:
     """Blocks until background saves finish.

@@ -12,7 +12,6 @@ import-path cell's ("module:Class", models/external.py) are in model.options.ext
 """
 
 import importlib.util
-import math
 import os
 import types
 from typing import Any
@@ -20,6 +19,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from mnist_jax import config_checks
+from mnist_jax.config_checks import NUMBER as _NUMBER
+from mnist_jax.config_checks import choice as _choice
+from mnist_jax.config_checks import positive as _positive
 from mnist_jax.errors import ConfigError
 
 # Environment variable naming a folder with the canonical files of each dataset
@@ -71,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.readout = "last"  # last: final step; mean / max: pooled over time.
   model.unroll = 1  # Time steps per iteration of the compiled scan loop.
   model.num_classes = 10  # Output classes (both datasets have ten).
+  # Compute dtype of matmuls and layer outputs: float32 or bfloat16 (float16 is refused:
+  # it needs loss scaling, config_checks.py). Parameters, recurrent state, layer-norm
+  # statistics and the loss stay float32 (docs/performance.md explains).
+  model.dtype = "float32"
+  model.remat = False  # Recompute each time step in the backward pass: less memory.
   # Each cell's own settings, declared (with their meaning) in its file's `OPTIONS`.
   # An import-path cell's go in options.external, empty here: the experiment file adds
   # them (`config.model.options.external.reset_gate = False`; str/int/float/bool
@@ -95,10 +103,16 @@ def get_config() -> ml_collections.ConfigDict:
   # and, with adamw, this weight decay (None: weight_decay), as in the S5/LRU papers.
   opt.recurrent_lr_factor = 1.0
   opt.recurrent_weight_decay = config_dict.placeholder(float)
+  # Exponential moving average of the parameters, kept in the optimizer state (and so in
+  # checkpoints) with this decay per step, e.g. 0.999; 0: none (mnist_jax/ema.py).
+  opt.ema_decay = 0.0
 
   config.checkpoint_every_steps = config_dict.placeholder(int)  # Also mid-epoch if set.
   config.keep_checkpoints = 3  # The latest N checkpoints are kept, plus the best one.
   config.eval_checkpoint = "best"  # Which checkpoint the final test evaluation uses.
+  # Parameters for validation (model selection), test evaluation and prediction: "ema"
+  # or "raw". None: "ema" when optimizer.ema_decay > 0, else "raw".
+  config.eval_params = config_dict.placeholder(str)
   config.early_stopping_patience = config_dict.placeholder(int)  # Epochs w/o val gain.
   config.log_every_steps = 100  # Training metrics and progress line period.
   config.max_train_examples = config_dict.placeholder(int)  # Subset for smoke tests.
@@ -228,29 +242,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if data.permutation == "random" and data.permutation_seed is None:
       data.permutation_seed = 0
   models.complete_model(config.model, experiment_dirs())
+  if config.eval_params is None:
+    config.eval_params = config_checks.default_eval_params(config)
   validate(config)
   config.lock()
   return config
-
-
-def _choice(value: Any, name: str, choices) -> None:
-  if value not in choices:
-    raise ConfigError(
-        f"config.{name}={value!r} is not valid; choose one of: {', '.join(choices)}.")
-
-
-def _positive(value: Any, name: str, kind=(int,), allow_zero: bool = False) -> None:
-  """Raises ConfigError unless `value` is a finite number of `kind` above (or at) 0."""
-  ok = isinstance(value, kind) and not isinstance(value, bool)
-  if ok:
-    ok = (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
-  if not ok:
-    what = "a non-negative" if allow_zero else "a positive"
-    type_name = "integer" if kind == (int,) else "number"
-    raise ConfigError(f"config.{name}={value!r} must be {what} {type_name}.")
-
-
-_NUMBER = (int, float)
 
 
 def _dotted_keys(values: dict, prefix: str = "") -> set[str]:
@@ -299,6 +295,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_data(config.data)
   _validate_model(config.model, config.data.name)
   _validate_optimizer(config.optimizer, config.num_epochs)
+  config_checks.validate_numerics(config)  # dtype, remat, EMA, eval_params.
   from mnist_jax import wandb_writer  # Does not import wandb.
   wandb_writer.validate(config.wandb)
 

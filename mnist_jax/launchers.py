@@ -7,7 +7,7 @@ have the same methods, so the sweep never asks which one it has:
     slots                   what each concurrent run gets ({"cpu_devices": "1"}, ...)
     adopt(runs)             jobs still alive from an earlier sweep of the same folder
     start(name, workdir, command, slot) -> Job
-    ended(jobs)             {name: "exited" | "failed" | "killed"} of the jobs that ended
+    ended(jobs)             {name: "exited" | "failed" | "killed"} of those that ended
     stop(jobs, signum)      passes a signal on; False: the jobs go on without us
 
 SLURM (slurm_launcher.py) is a job per run through plain `sbatch`.

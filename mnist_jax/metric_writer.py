@@ -13,6 +13,8 @@ import time
 
 import jax
 
+from mnist_jax.workdir import write_atomic
+
 
 def truncate_jsonl(path: str, last_step: int | None) -> None:
   """Keeps the rows of `path` up to `last_step` (None: none), and only whole rows.
@@ -33,12 +35,7 @@ def truncate_jsonl(path: str, last_step: int | None) -> None:
       if (isinstance(row, dict) and last_step is not None
           and isinstance(row.get("step"), int) and row["step"] <= last_step):
         kept.append(json.dumps(row) + "\n")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_atomic(path, "".join(kept))
 
 
 class MetricWriter:

@@ -164,8 +164,8 @@ class SlurmLauncher:
     del slot  # Each job has the same; the command carries its --cpu_devices.
     os.makedirs(workdir, exist_ok=True)
     script = os.path.join(workdir, "slurm_job.sh")
-    write_atomic(script, f"#!/bin/bash\n# mnist-jax-sweep run {name}; the run replaces "
-                         f"this shell, so signals to the batch shell reach it.\n"
+    write_atomic(script, f"#!/bin/bash\n# mnist-jax-sweep run {name}. The run replaces "
+                         f"this shell,\n# so signals to the batch shell reach it.\n"
                          f"exec {shlex.join(command)}\n")
     sweep = os.path.basename(os.path.dirname(os.path.abspath(workdir)))
     out = _call(["sbatch", "--parsable", f"--job-name={sweep}/{name}",

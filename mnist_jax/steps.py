@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from mnist_jax import data
+from mnist_jax import ema
 from mnist_jax import models
 
 Batch = dict[str, jax.Array]
@@ -77,6 +78,9 @@ def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
     recurrence: the cell's RECURRENCE_PARAMS; with a recurrent_lr_factor other than 1
       or a recurrent_weight_decay, those parameters get their own optimizer
       (`optax.multi_transform`), otherwise one optimizer serves all.
+
+  With `opt.ema_decay` > 0 the chain ends with `ema.params_ema`, whose state holds
+  the parameters' moving average (`eval_params` reads it).
   """
   lr = create_learning_rate_schedule(opt, steps_per_epoch, num_epochs)
   tx = _base_optimizer(opt, lr, opt.weight_decay)
@@ -90,6 +94,8 @@ def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
         functools.partial(recurrence_labels, names=recurrence))
   if opt.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  if opt.ema_decay > 0:  # Last: it averages the parameters the updates produce.
+    tx = optax.chain(tx, ema.params_ema(opt.ema_decay))
   return tx
 
 
@@ -108,6 +114,31 @@ def abstract_params(config: ml_collections.ConfigDict) -> Any:
   return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))
 
 
+def _optimizer_for(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  return create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
+                          models.layer_class(config.model).RECURRENCE_PARAMS)
+
+
+def abstract_opt_state(config: ml_collections.ConfigDict) -> Any:
+  """Shapes and dtypes of the optimizer state, computing nothing: the restore target
+  for the parameter EMA (the schedule's length does not change the state's shape)."""
+  tx = _optimizer_for(config, steps_per_epoch=1000)  # Any length serves.
+  return jax.eval_shape(tx.init, abstract_params(config))
+
+
+def eval_params(params: Any, opt_state: Any, which: str) -> Any:
+  """The parameters `config.eval_params` names: "raw" (`params`) or "ema" (the
+  moving average in `opt_state`; ValueError if it holds none)."""
+  if which == "raw":
+    return params
+  averaged = ema.find(opt_state)
+  if averaged is None:
+    raise ValueError("eval_params='ema' but the optimizer state holds no parameter "
+                     "EMA (optimizer.ema_decay=0).")
+  return averaged
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
                        steps_per_epoch: int) -> TrainState:
   """Initialises the model and optimizer. `rng` is a raw uint32 key."""
@@ -115,8 +146,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
   return TrainState.create(
       apply_fn=models.build_model(config.model).apply,
       params=init_params(config, params_rng),
-      tx=create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
-                          models.layer_class(config.model).RECURRENCE_PARAMS),
+      tx=_optimizer_for(config, steps_per_epoch),
       rng=state_rng)
 
 

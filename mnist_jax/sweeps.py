@@ -123,7 +123,8 @@ class Sweep:
     # to the sweep come later and win.
     group = os.path.basename(os.path.abspath(self.dir))
     return [sys.executable, "-m", "mnist_jax.main", f"--config={self.config_path}",
-            f"--workdir={self.workdir(run)}", f"--config.wandb.group={group}",
+            f"--workdir={self.workdir(run)}",
+            *([f"--config.wandb.group={group}"] if group else []),
             *self.common, *run.flags(), f"--cpu_devices={slot.get('cpu_devices', '1')}"]
 
   def _follow(self, job: launchers.Job) -> None:

@@ -94,8 +94,11 @@ class _Run:
     split = self.splits["validation"]
     if not len(split):
       return None
-    logits, losses = parallel.predict(self.placement, self.eval_step, self.state.params,
-                                      split, self.config.eval_batch_size)
+    # Model selection looks at what evaluation will use: the EMA when eval_params says.
+    params = steps.eval_params(self.state.params, self.state.opt_state,
+                               self.config.eval_params)
+    logits, losses = parallel.predict(self.placement, self.eval_step, params, split,
+                                      self.config.eval_batch_size)
     return {"accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
             "loss": float(losses.mean())}
 

@@ -6,13 +6,13 @@ run holds the resolved config, every metric `MetricWriter.write` logs, and the t
 metrics as its summary (`record_test`).
 
 One workdir is one W&B run: its id is kept in WORKDIR/wandb_run.json, and a resumed
-training resumes that W&B run. Its files go to WORKDIR/wandb/ (in offline mode, one
-`offline-run-*` folder per session, all with that id: `wandb sync WORKDIR/wandb/
-offline-run-*` uploads them into the one run). W&B only accepts increasing steps: a
-session resumed from step N first skips the steps up to the last one W&B already holds
-(online, W&B says which; offline, `wandb sync` drops them), so W&B keeps the killed
-session's values there. They are the values the resumed session computes again (a
-resumed run repeats its steps bit for bit), examples/s apart.
+training resumes that W&B run. Its files go to WORKDIR/wandb/ (offline, one
+`offline-run-*` folder per session, all with that id: `wandb sync` uploads them into
+the one run). A session resumed from step N logs from N + 1 on; W&B only accepts
+increasing steps, so for the steps the killed session had logged after N it keeps
+that session's rows (online this writer skips the steps below the resumed run's
+`step`). They hold the values the resumed session computes again (a resumed run
+repeats its steps bit for bit), examples/s apart. docs/distributed.md has more.
 """
 
 import contextlib

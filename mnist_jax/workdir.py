@@ -34,9 +34,11 @@ from mnist_jax.models import external
 # Fields that define what a workdir's checkpoints are; a resumed run must match them.
 # `model` counts without the options of cells other than the chosen one, and without
 # `cell_file` (where an import-path cell's code lives, not what the cell is).
+# optimizer.ema_decay counts because the optimizer state (and so each checkpoint) holds
+# the average only when it is above 0, and its value is what the average means.
 IDENTITY_KEYS = ("seed", "batch_size", "model", "data.name", "data.sequence",
                  "data.resize", "data.permutation", "data.permutation_seed",
-                 "data.validation_size", "data.standardize")
+                 "data.validation_size", "data.standardize", "optimizer.ema_decay")
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -323,22 +325,32 @@ class Workdir:
                                        read_only=read_only)
 
   def restore_params(self, which: str | int = "best",
-                     sharding: jax.sharding.Sharding | None = None) -> tuple[int, Any]:
+                     sharding: jax.sharding.Sharding | None = None,
+                     kind: str | None = None) -> tuple[int, Any]:
     """(step, params) of checkpoint `which`: "best", "latest" or a step number.
 
     Args:
       which: the checkpoint.
       sharding: where the parameters go (default: this process's first device).
+      kind: "raw" or "ema" (the moving average, read from the saved optimizer
+        state); None: `config.eval_params`, which is "raw" for runs without an EMA
+        and for workdirs written before it existed.
 
     Raises:
       WorkdirError: no such checkpoint, or a damaged one.
     """
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    kind = kind or self.config.eval_params
     store = self.checkpoint_store(read_only=True)
     try:
       step = store.resolve_step(which)
-      params = store.restore_params(step, steps.abstract_params(self.config),
-                                    sharding)
+      if kind == "ema":  # The whole optimizer state: the EMA sits at its end.
+        opt_state = store.restore_part(step, "opt_state",
+                                       steps.abstract_opt_state(self.config), sharding)
+        params = steps.eval_params(None, opt_state, "ema")
+      else:
+        params = store.restore_params(step, steps.abstract_params(self.config),
+                                      sharding)
     finally:
       store.close()
     return step, params

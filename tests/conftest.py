@@ -101,3 +101,20 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 600
   full_env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, "-m", "mnist_jax.main", *args], cwd=REPO,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# `python -m mnist_jax.main` whose training batches each take DELAY s longer, so a kill
+# can be aimed at a step; EXTRA is more code run first (e.g. a patched save).
+SLOW_MAIN = """
+import time
+from mnist_jax import data
+_batches = data.train_batches
+def _slow(*args, **kwargs):
+  for batch in _batches(*args, **kwargs):
+    time.sleep({delay})
+    yield batch
+data.train_batches = _slow
+{extra}
+from mnist_jax.main import run
+run()
+"""

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import one_line_error, run_main
 from mnist_jax import config as config_lib
+from mnist_jax import config_checks
 from mnist_jax import data
 from mnist_jax import datasets
 from mnist_jax import models
@@ -164,6 +165,10 @@ INVALID = {
     "model.num_classes": (st.one_of(_BAD_POSITIVE_INT, st.integers(1, 9)), {}),
     "model.dropout": (_BAD_UNIT, {}),
     "model.readout": (_bad_choice(config_lib.READOUTS), {}),
+    # float16 is a listed dtype that is refused (it needs loss scaling).
+    "model.dtype": (st.one_of(_bad_choice(config_checks.DTYPES), st.just("float16")),
+                    {}),
+    "model.remat": (st.one_of(st.integers(), st.floats(), st.text(max_size=4)), {}),
     "model.options.simple_rnn.activation": (_bad_choice(("tanh", "relu")),
                                             {"model.name": "simple_rnn"}),
     "model.options.irnn.identity_scale": (_BAD_NUMBER, {"model.name": "irnn"}),
@@ -193,6 +198,10 @@ INVALID = {
     "optimizer.grad_clip_norm": (_BAD_NUMBER, {}),
     "optimizer.recurrent_lr_factor": (_BAD_NUMBER, {}),
     "optimizer.recurrent_weight_decay": (_BAD_NON_NEGATIVE, {"optimizer.name": "adamw"}),
+    "optimizer.ema_decay": (_BAD_UNIT, {}),
+    # "ema" is valid only with an EMA (optimizer.ema_decay > 0; 0 by default).
+    "eval_params": (st.one_of(_bad_choice(config_checks.EVAL_PARAMS), st.just("ema")),
+                    {}),
 }
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, one_line_error, run_main
+from conftest import REPO, SLOW_MAIN, one_line_error, run_main
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import evaluate
@@ -232,26 +232,12 @@ def test_cell_beside_experiment_loads_and_sweeps(experiment):
     config_lib.resolve(cfg)
 
 
-# A `python -m mnist_jax.main` whose training batches each take DELAY s longer, so a
-# kill can be aimed at a step.
-_SLOW_MAIN = """
-import time
-from mnist_jax import data
-_batches = data.train_batches
-def _slow(*args, **kwargs):
-  for batch in _batches(*args, **kwargs):
-    time.sleep({delay})
-    yield batch
-data.train_batches = _slow
-from mnist_jax.main import run
-run()
-"""
 
 
 def _kill_at_step(args, log_path, step, timeout=300):
   """Runs the slowed command, SIGKILLs it once it logs train step `step`."""
   with open(log_path, "w") as log:
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MAIN.format(delay=0.3), *args],
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_MAIN.format(delay=0.3, extra=""), *args],
                             cwd=REPO, stdout=log, stderr=log)
   deadline = time.monotonic() + timeout
   while proc.poll() is None and time.monotonic() < deadline:

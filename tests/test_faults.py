@@ -6,7 +6,7 @@ tests interrupt or damage copies of it and check that the outcome is bit for bit
 same, or that the failure is one clear line and nothing good was overwritten.
 
 Runs killed from outside go through the real command line in a fresh process whose
-batch feed is slowed down (`_SLOW_FEED`), so a kill can be aimed at a step; nothing
+batch feed is slowed down (`conftest.SLOW_MAIN`), so a kill can be aimed at a step; nothing
 else in those processes is changed.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, run_main, tiny_config
+from conftest import REPO, SLOW_MAIN, run_main, tiny_config
 from mnist_jax import checkpoints
 from mnist_jax import data
 from mnist_jax import evaluate
@@ -51,20 +51,6 @@ RUN = {"num_epochs": 2, "batch_size": 50, "eval_batch_size": 64,
 STEPS_PER_EPOCH = 8
 TOTAL_STEPS = 16
 
-# Runs `python -m mnist_jax.main ARGS` with each training batch delayed by DELAY s.
-_SLOW_FEED = """
-import time
-from mnist_jax import data
-_batches = data.train_batches
-def _slow(*args, **kwargs):
-  for batch in _batches(*args, **kwargs):
-    time.sleep({delay})
-    yield batch
-data.train_batches = _slow
-{extra}
-from mnist_jax.main import run
-run()
-"""
 
 # Extra prelude: SIGKILL the process in the middle of writing checkpoint STEP (its
 # `meta` item is half written, inside Orbax's temporary folder).
@@ -198,7 +184,7 @@ def _logged_steps(log_path: pathlib.Path) -> list[int]:
 
 def _spawn(args, log_dir: pathlib.Path, delay=0.1, extra="") -> subprocess.Popen:
   """Starts a slowed-down run; its output goes to LOG_DIR/<n>.out and <n>.err."""
-  code = _SLOW_FEED.format(delay=delay, extra=extra)
+  code = SLOW_MAIN.format(delay=delay, extra=extra)
   log_dir.mkdir(parents=True, exist_ok=True)
   n = len(list(log_dir.glob("*.out")))
   with open(log_dir / f"{n}.out", "w") as out, open(log_dir / f"{n}.err", "w") as err:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, run_main
 from mnist_jax import slurm_launcher
-from wandb_offline import offline_runs
+from wandb_offline import offline_env, offline_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -49,13 +49,6 @@ def slurm_cluster():
   if proc.returncode != 0:
     lines = (proc.stderr + proc.stdout).strip().splitlines() or ["no output"]
     pytest.skip(f"no local SLURM cluster: {lines[-1]}")
-
-
-@pytest.fixture
-def wandb_env(tmp_path):
-  return {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
-          **{f"WANDB_{k}_DIR": str(tmp_path / f"wandb_{k.lower()}")
-             for k in ("CONFIG", "CACHE", "DATA")}}
 
 
 def _sweep(sweep_dir, tfds_dir, *extra, env=None, wait=True):
@@ -91,8 +84,8 @@ def _wait_for(condition, what: str, proc=None, timeout: float = 300) -> None:
     time.sleep(0.1)
 
 
-def test_a_sweep_on_slurm_equals_the_local_one(tmp_path, tfds_dir, slurm_cluster,
-                                               wandb_env):
+def test_a_sweep_on_slurm_equals_the_local_one(tmp_path, tfds_dir, slurm_cluster):
+  wandb_env = offline_env(tmp_path)
   grid = ["--sweep=seed=0,1", "--sweep=model.name=lstm,gru",
           "--config.wandb.enabled=true"]
   local, slurm = tmp_path / "local", tmp_path / "slurm"
@@ -126,14 +119,15 @@ def test_queued_jobs_are_followed_and_a_cancelled_one_resumes(tmp_path, tfds_dir
   none) and one is scancel'led midway; sweep 3 resubmits only that one, which
   resumes and ends with the predictions of an uninterrupted run."""
   longer = ["--sweep=seed=0,1", "--config.num_epochs=2",
-            "--config.max_train_examples=10000", "--config.log_every_steps=10",
+            "--config.max_train_examples=20000", "--config.log_every_steps=10",
             "--launcher=slurm"]
   sweep_dir = tmp_path / "sweep"
   workdirs = {s: sweep_dir / f"seed={s}" for s in (0, 1)}
   jobs = lambda s: [j["id"] for j in slurm_launcher.recorded_jobs(str(workdirs[s]))]
   first = _sweep(sweep_dir, tfds_dir, *longer, "--slurm_sbatch=--hold", wait=False)
-  _wait_for(lambda: all((w / slurm_launcher.RECORD).exists() for w in workdirs.values()),
-            "job records", first, timeout=120)
+  records = [w / slurm_launcher.RECORD for w in workdirs.values()]
+  _wait_for(lambda: all(r.exists() for r in records), "job records", first,
+            timeout=120)
   first.terminate()  # SIGTERM: the sweep stops following; the held jobs stay queued.
   out, err = first.communicate(timeout=120)
   assert first.returncode == 0, err[-3000:]

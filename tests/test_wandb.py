@@ -13,15 +13,13 @@ from conftest import REPO, run_main
 from mnist_jax import config as config_lib
 from mnist_jax import wandb_writer
 from mnist_jax.errors import ConfigError
-from wandb_offline import offline_runs
+from wandb_offline import offline_env, offline_runs
 
 
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
   """Offline, and W&B's own settings and caches kept out of the home folder."""
-  env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
-         **{f"WANDB_{k}_DIR": str(tmp_path / f"wandb_{k.lower()}")
-            for k in ("CONFIG", "CACHE", "DATA")}}
+  env = offline_env(tmp_path)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   return env
@@ -30,11 +28,11 @@ def wandb_env(tmp_path, monkeypatch):
 def test_a_default_run_never_imports_wandb(tmp_path, tfds_dir, data_root):
   """A fresh interpreter: other tests of this session may have imported wandb."""
   code = f"""
-import sys
+import pathlib, sys
 from conftest import tiny_config
 from mnist_jax import config, train, wandb_writer
 from mnist_jax.metric_writer import MetricWriter
-cfg = config.resolve(tiny_config({tfds_dir!r}, __import__("pathlib").Path({str(data_root)!r}),
+cfg = config.resolve(tiny_config({tfds_dir!r}, pathlib.Path({str(data_root)!r}),
                                  num_epochs=1))
 with wandb_writer.session(cfg, {str(tmp_path / 'w')!r}) as tracker:
   assert tracker is None

@@ -35,6 +35,14 @@ def _records(path: str):
       yield record
 
 
+def offline_env(folder) -> dict[str, str]:
+  """Environment for offline W&B runs, its settings and caches kept in `folder`
+  rather than the home folder."""
+  return {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+          **{f"WANDB_{k}_DIR": os.path.join(str(folder), f"wandb_{k.lower()}")
+             for k in ("CONFIG", "CACHE", "DATA")}}
+
+
 def _key(item) -> str:
   return item.key or "/".join(item.nested_key)
 

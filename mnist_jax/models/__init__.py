@@ -13,6 +13,7 @@ see `external.py`.
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from mnist_jax.errors import ConfigError
 from mnist_jax.models import external
@@ -42,7 +43,7 @@ CELLS: dict[str, type[nn.Module]] = {
 
 __all__ = ["CELLS", "HasOptions", "Option", "RecurrentCell", "SequenceClassifier",
            "build_model", "cell_layer", "check_model", "check_options",
-           "complete_model", "layer_class"]
+           "complete_model", "compute_dtype", "layer_class"]
 
 
 def check_options(name: str, values: dict[str, Any]) -> None:
@@ -102,4 +103,12 @@ def build_model(model_config) -> SequenceClassifier:
       unroll=model_config.unroll,
       num_classes=model_config.num_classes,
       cell_options=options,
+      dtype=compute_dtype(model_config.dtype),
+      remat=model_config.remat,
   )
+
+
+def compute_dtype(name: str) -> Any:
+  """The layers' `dtype` for `config.model.dtype`: None for "float32" (compute in the
+  parameters' dtype, as before the option existed), else that jnp dtype."""
+  return None if name == "float32" else jnp.dtype(name)

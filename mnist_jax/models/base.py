@@ -27,6 +27,19 @@ A new cell subclasses `RecurrentCell`, sets `num_gates`, and writes `recurrence`
 (if its carry is not a single hidden vector) `initial_carry`. Settings of
 its own are module attributes listed in `OPTIONS` (see `Option`): the config exposes
 them as `config.model.options.<cell name>.<attribute>` and `build_model` passes them.
+
+Precision (`dtype`, config.model.dtype): the matmuls run in the compute dtype (e.g.
+bfloat16) and the layer's outputs [batch, time, hidden] come out in it; parameters stay
+float32 and are cast inside the loop body, so their gradients are summed over time steps
+in float32. The carry keeps the parameters' dtype (float32) and `recurrence` does its
+element-wise gate and state arithmetic in it: the state is a running sum over hundreds
+of steps (c_t = f c_{t-1} + i g), and a forget gate of 0.999 or an update below 2^-8 of
+the state is not representable in bfloat16's 8-bit mantissa. `recurrence` therefore
+reads the compute dtype from `projected` and the state dtype from the carry.
+
+`remat` (config.model.remat) wraps the loop body in `jax.checkpoint`: the backward pass
+keeps only each step's carry and input and recomputes the rest, trading one more
+forward step for the per-step residuals (gate pre-activations and the like).
 """
 
 import dataclasses
@@ -101,9 +114,13 @@ class RecurrentCell(HasOptions, nn.Module):
   Attributes:
     hidden_size: size of the hidden state.
     unroll: time steps per iteration of the compiled scan loop.
+    dtype: compute dtype of the matmuls and outputs; None: the parameters' (float32).
+    remat: recompute each step in the backward pass instead of storing its residuals.
   """
   hidden_size: int
   unroll: int = 1
+  dtype: Any = None
+  remat: bool = False
 
   num_gates: ClassVar[int] = 1
   uses_recurrent_kernel: ClassVar[bool] = True
@@ -123,7 +140,8 @@ class RecurrentCell(HasOptions, nn.Module):
   def setup(self):
     gates = self.num_gates * self.hidden_size
     self.input = nn.Dense(gates, kernel_init=nn.initializers.glorot_uniform(),
-                          bias_init=self.input_bias_init, name="input")
+                          bias_init=self.input_bias_init, dtype=self.dtype,
+                          name="input")
     if self.uses_recurrent_kernel:
       self.recurrent_kernel = self.param(
           "recurrent_kernel", self.recurrent_kernel_init, (self.hidden_size, gates))
@@ -188,14 +206,35 @@ class RecurrentCell(HasOptions, nn.Module):
     dense = self.input.variables["params"]
     kernel, bias = dense["kernel"], dense["bias"]
     params = self.recurrent_params()
-    carry = self.initial_carry(inputs.shape[0], jnp.result_type(inputs, kernel))
+    state_dtype, dtype = self.dtypes(inputs, kernel)
+    carry = self.initial_carry(inputs.shape[0], state_dtype)
 
     def body(carry, inputs_t):
-      return self.recurrence(params, carry, inputs_t @ kernel + bias)
+      # Cast here, inside the loop, not before it: the scan's backward pass sums a
+      # loop-invariant's gradient over time steps in that invariant's dtype, so the
+      # float32 weights get float32 sums (a bfloat16 sum over 784 steps would lose
+      # the small late terms).
+      projected = inputs_t.astype(dtype) @ kernel.astype(dtype) + bias.astype(dtype)
+      return self.recurrence(params, carry, projected)
 
-    _, outputs = jax.lax.scan(body, carry, jnp.swapaxes(inputs, 0, 1),
-                              reverse=reverse, unroll=self.unroll)
+    _, outputs = jax.lax.scan(self.maybe_remat(body), carry,
+                              jnp.swapaxes(inputs, 0, 1), reverse=reverse,
+                              unroll=self.unroll)
     return jnp.swapaxes(outputs, 0, 1)
+
+  @nn.nowrap
+  def dtypes(self, inputs: Array, kernel: Array) -> tuple[Any, Any]:
+    """(state dtype, compute dtype): the carry keeps the parameters' precision (at
+    least float32), the matmuls and outputs run in `dtype` when it is set."""
+    state_dtype = jnp.result_type(inputs, kernel)
+    return state_dtype, self.dtype or state_dtype
+
+  @nn.nowrap
+  def maybe_remat(self, fn: Callable) -> Callable:
+    """`fn` under jax.checkpoint when `remat` is on. prevent_cse=False: inside a scan
+    the loop already keeps XLA from merging the recomputation with the forward pass
+    (JAX's advice for checkpoint within scan), and CSE barriers would cost speed."""
+    return jax.checkpoint(fn, prevent_cse=False) if self.remat else fn
 
 
 def fused_sigmoid_tanh(z: Array, tanh_mask: Array) -> Array:

@@ -30,6 +30,9 @@ class SequenceClassifier(nn.Module):
     num_classes: output size.
     cell_options: the cell's own settings, (name, value) pairs for its constructor
       (a tuple, so the module stays hashable); see `base.Option`.
+    dtype: compute dtype of the layers and the head (None: the parameters' float32);
+      passed to every layer, whose constructor must take it (as `remat`).
+    remat: rematerialise each layer's time step in the backward pass.
   """
   cell: Any
   hidden_size: int
@@ -40,6 +43,8 @@ class SequenceClassifier(nn.Module):
   unroll: int = 1
   num_classes: int = 10
   cell_options: tuple[tuple[str, Any], ...] = ()
+  dtype: Any = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
@@ -47,6 +52,7 @@ class SequenceClassifier(nn.Module):
     forward = backward = None
     for i in range(self.num_layers):
       make = lambda d: self.cell(hidden_size=self.hidden_size, unroll=self.unroll,
+                                 dtype=self.dtype, remat=self.remat,
                                  name=f"layer{i}_{d}", **dict(self.cell_options))
       forward = make("fwd")(x)
       if self.bidirectional:
@@ -66,4 +72,7 @@ class SequenceClassifier(nn.Module):
       features = x.mean(axis=1)
     else:
       features = x.max(axis=1)
-    return nn.Dense(self.num_classes, name="head")(features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+    # Logits leave in float32 at least: the softmax and the cross-entropy sum
+    # exponentials, and bfloat16 would keep ~3 significant digits of the loss.
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))

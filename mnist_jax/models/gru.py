@@ -29,9 +29,10 @@ class GRU(RecurrentCell):
   @nn.nowrap
   def recurrence(self, params, carry, projected):
     h = carry
-    u = h @ params["kernel"] + params["bias"]
+    dtype = projected.dtype  # The compute dtype (see base.py); h stays float32.
+    u = h.astype(dtype) @ params["kernel"].astype(dtype) + params["bias"].astype(dtype)
     h = _gated_update(projected, u, h)
-    return h, h
+    return h, h.astype(dtype)
 
 
 def _gates(projected, u, hidden):
@@ -48,8 +49,11 @@ def _gated_update(projected, u, h):
   The backward pass is written out (`_update_bwd`), as for the LSTM: it keeps the
   step's inputs, recomputes the gates and emits both gradients in one element-wise
   pass each, instead of autodiff's slices, pads and adds.
+
+  The gates and the update run in h's dtype (float32) even when projected and u come
+  from bfloat16 matmuls: z near 1 is the unit's memory (as the LSTM's forget gate).
   """
-  _, z, n = _gates(projected, u, h.shape[-1])
+  _, z, n = _gates(projected.astype(h.dtype), u.astype(h.dtype), h.shape[-1])
   return n + z * (h - n)  # == (1 - z) * n + z * h, one fewer multiply.
 
 
@@ -58,7 +62,8 @@ def _update_fwd(projected, u, h):
 
 
 def _update_bwd(residuals, d_h_new):
-  projected, u, h = residuals
+  projected_in, u_in, h = residuals  # Their dtypes are the gradients' dtypes.
+  projected, u = projected_in.astype(h.dtype), u_in.astype(h.dtype)
   hidden = h.shape[-1]
   r, z, n = _gates(projected, u, hidden)
   d_n_pre = d_h_new * (1.0 - z) * (1.0 - n * n)  # Into tanh's argument.
@@ -66,7 +71,8 @@ def _update_bwd(residuals, d_h_new):
   d_z_pre = d_h_new * (h - n) * z * (1.0 - z)
   d_projected = jnp.concatenate([d_r_pre, d_z_pre, d_n_pre], axis=-1)
   d_u = jnp.concatenate([d_r_pre, d_z_pre, d_n_pre * r], axis=-1)
-  return d_projected, d_u, d_h_new * z
+  return (d_projected.astype(projected_in.dtype), d_u.astype(u_in.dtype),
+          d_h_new * z)
 
 
 _gated_update.defvjp(_update_fwd, _update_bwd)

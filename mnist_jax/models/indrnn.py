@@ -43,7 +43,8 @@ class IndRNN(RecurrentCell):
   def setup(self):
     # Same input projection as the base class; the recurrent weight is a vector.
     self.input = nn.Dense(self.hidden_size, kernel_init=nn.initializers.glorot_uniform(),
-                          bias_init=nn.initializers.zeros, name="input")
+                          bias_init=nn.initializers.zeros, dtype=self.dtype,
+                          name="input")
     self.recurrent_kernel = self.param(
         "recurrent_kernel", nn.initializers.uniform(scale=1.0), (self.hidden_size,))
 
@@ -55,5 +56,7 @@ class IndRNN(RecurrentCell):
 
   @nn.nowrap
   def recurrence(self, params, carry, projected):
-    h = jax.nn.relu(projected + params["kernel"] * carry)
-    return h, h
+    # u * h in float32 (u uncast): with u near 1 the unit remembers for ~1 / (1 - u)
+    # steps, and bfloat16 rounds 0.999 to 1.0.
+    h = jax.nn.relu(projected.astype(carry.dtype) + params["kernel"] * carry)
+    return h, h.astype(projected.dtype)

@@ -42,5 +42,7 @@ class IRNN(RecurrentCell):
 
   @nn.nowrap
   def recurrence(self, params, carry, projected):
-    h = jax.nn.relu(projected + carry @ params["kernel"])
-    return h, h
+    dtype = projected.dtype  # Matmul in the compute dtype, state in float32 (base.py).
+    z = projected + carry.astype(dtype) @ params["kernel"].astype(dtype)
+    h = jax.nn.relu(z.astype(carry.dtype))
+    return h, h.astype(dtype)

@@ -53,10 +53,13 @@ class LayerNormLSTM(LSTM):
   @nn.nowrap
   def recurrence(self, params, carry, projected):
     c, h = carry
-    c, h = _normalized_update(projected, h @ params["kernel"], c,
+    dtype = projected.dtype  # The compute dtype of the matmul (see base.py).
+    recurrent = h.astype(dtype) @ params["kernel"].astype(dtype)
+    # The norm parameters stay float32: they scale the float32 element-wise part.
+    c, h = _normalized_update(projected, recurrent, c,
                               params["recurrent_norm_scale"], params["cell_norm_scale"],
                               params["cell_norm_bias"])
-    return (c, h), h
+    return (c, h), h.astype(dtype)
 
 
 _EPSILON = 1e-5  # jax.nn.standardize's default.
@@ -81,7 +84,12 @@ def _standardize_grad(d_normalized, normalized, inv_sigma):
 
 
 def _forward(projected, recurrent, c, recurrent_scale, cell_scale, cell_bias):
-  """Every intermediate of one step, for the forward and the backward pass."""
+  """Every intermediate of one step, for the forward and the backward pass.
+
+  All in c's dtype (float32) whatever the matmuls' dtype: the layer norms' mean and
+  variance (E[x^2] - E[x]^2 cancels badly in bfloat16), the gates and the state.
+  """
+  projected, recurrent = projected.astype(c.dtype), recurrent.astype(c.dtype)
   recurrent_normalized, recurrent_inv_sigma = _standardize(recurrent)
   gates = gate_activations(projected + recurrent_scale * recurrent_normalized,
                            c.shape[-1])
@@ -124,7 +132,8 @@ def _update_bwd(residuals, cotangents):
   d_z = gate_preactivation_grad(gates, d_gates)
   d_recurrent = _standardize_grad(d_z * recurrent_scale, recurrent_normalized,
                                   recurrent_inv_sigma)
-  return (d_z, d_recurrent, d_c * f,
+  # Each gradient in its primal's dtype (the matmul outputs may be bfloat16).
+  return (d_z.astype(projected.dtype), d_recurrent.astype(recurrent.dtype), d_c * f,
           jnp.sum(d_z * recurrent_normalized, axis=0),
           jnp.sum(d_cell_in * cell_normalized, axis=0),
           jnp.sum(d_cell_in, axis=0))

@@ -15,6 +15,7 @@ between blocks and its readout (the paper pools with "mean") gives the logits.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -66,6 +67,10 @@ class LRU(nn.Module):
     max_phase: initial phases are uniform in [0, max_phase].
     scan: "parallel" (associative scan) or "sequential" (`lax.scan`, less memory).
     unroll: time steps per iteration of the sequential scan.
+    dtype: compute dtype of the B, C and D products and of the output; None: float32.
+      lambda, gamma and the state stay complex64 whatever it is: |lambda| = 0.999 is
+      1.0 in bfloat16, and the state sums ~1 / (1 - |lambda|) steps of input.
+    remat: recompute the scan in the backward pass instead of keeping its residuals.
   """
   hidden_size: int
   state_size: int = 256
@@ -74,6 +79,8 @@ class LRU(nn.Module):
   max_phase: float = 2 * math.pi
   scan: str = "parallel"
   unroll: int = 1
+  dtype: Any = None
+  remat: bool = False
 
   def setup(self):
     n, h = self.state_size, self.hidden_size
@@ -105,14 +112,24 @@ class LRU(nn.Module):
     """lambda, complex [state]."""
     return jnp.exp(jax.lax.complex(-jnp.exp(self.nu_log), jnp.exp(self.theta_log)))
 
+  def _compute(self, x: Array) -> Array:
+    """`x` in the compute dtype (`dtype`, else the parameters')."""
+    return x.astype(self.dtype or jnp.result_type(x, self.D))
+
   def input_projection(self, x: Array) -> Array:
-    """gamma * (B x): real [..., hidden] -> complex [..., state]."""
+    """gamma * (B x): real [..., hidden] -> complex [..., state] (complex64)."""
     gamma = jnp.exp(self.gamma_log)
-    return jax.lax.complex(x @ self.B_re.T * gamma, x @ self.B_im.T * gamma)
+    x = self._compute(x)
+    project = lambda b: (x @ b.T.astype(x.dtype)).astype(gamma.dtype) * gamma
+    return jax.lax.complex(project(self.B_re), project(self.B_im))
 
   def output(self, states: Array, x: Array) -> Array:
-    """Re(C h) + D x: complex [..., state], real [..., hidden] -> real [..., hidden]."""
-    return states.real @ self.C_re.T - states.imag @ self.C_im.T + self.D * x
+    """Re(C h) + D x: complex [..., state], real [..., hidden] -> real [..., hidden],
+    in the compute dtype."""
+    x = self._compute(x)
+    mix = lambda s, c: self._compute(s) @ c.T.astype(x.dtype)
+    return mix(states.real, self.C_re) - mix(states.imag, self.C_im) + (
+        self.D.astype(x.dtype) * x)
 
   def recurrent_params(self) -> dict[str, Array]:
     return {"lambda": self.eigenvalues()}
@@ -144,16 +161,20 @@ class LRU(nn.Module):
     """
     projected = jnp.swapaxes(self.input_projection(inputs), 0, 1)  # [time, batch, N]
     params = self.recurrent_params()
+    # remat: jax.checkpoint around the step (sequential) or around the whole prefix
+    # scan (parallel: its O(log T) levels of partial compositions are recomputed).
+    remat = ((lambda f: jax.checkpoint(f, prevent_cse=False)) if self.remat
+             else (lambda f: f))
     if self.scan == "parallel":
       # Element t is the map h -> lambda h + projected_t; prefix compositions applied
       # to h = 0 are the states. lambda is not broadcast over the batch (memory).
       lam = jnp.broadcast_to(params["lambda"], projected.shape[::2])
-      _, states = jax.lax.associative_scan(binary_operator, (lam, projected),
-                                           reverse=reverse)
+      _, states = remat(lambda lam, p: jax.lax.associative_scan(
+          binary_operator, (lam, p), reverse=reverse))(lam, projected)
     else:
       carry = self.initial_carry(inputs.shape[0])
-      _, states = jax.lax.scan(lambda c, p: self.recurrence(params, c, p), carry,
-                               projected, reverse=reverse, unroll=self.unroll)
+      _, states = jax.lax.scan(remat(lambda c, p: self.recurrence(params, c, p)),
+                               carry, projected, reverse=reverse, unroll=self.unroll)
     return self.output(jnp.swapaxes(states, 0, 1), inputs)
 
 
@@ -182,6 +203,9 @@ class LRUBlock(HasOptions, nn.Module):
     unroll: sequential scan unroll.
     state_size, r_min, r_max, max_phase, scan: see `LRU`.
     mix: "glu" or "mlp".
+    dtype: compute dtype of the Dense layers, the LRU's matmuls and the output
+      (None: float32); LayerNorm statistics are float32 whatever it is (flax).
+    remat: see `LRU`.
   """
   hidden_size: int
   unroll: int = 1
@@ -191,6 +215,8 @@ class LRUBlock(HasOptions, nn.Module):
   max_phase: float = 2 * math.pi
   scan: str = "parallel"
   mix: str = "glu"
+  dtype: Any = None
+  remat: bool = False
 
   # The paper trains these with a lower learning rate and no weight decay.
   RECURRENCE_PARAMS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
@@ -221,12 +247,14 @@ class LRUBlock(HasOptions, nn.Module):
     if self.scan not in SCANS or self.mix not in MIXES:
       raise ValueError(f"scan={self.scan!r} / mix={self.mix!r}: choose scan from "
                        f"{SCANS} and mix from {MIXES}.")
-    h = self.hidden_size
-    self.encoder = nn.Dense(h, name="encoder")  # Created lazily: only if called.
-    self.norm = nn.LayerNorm(name="norm")
+    h, dtype = self.hidden_size, self.dtype
+    # Created lazily: only if called.
+    self.encoder = nn.Dense(h, dtype=dtype, name="encoder")
+    self.norm = nn.LayerNorm(dtype=dtype, name="norm")
     self.lru = LRU(h, self.state_size, self.r_min, self.r_max, self.max_phase,
-                   self.scan, self.unroll, name="lru")
-    self.mix_dense = nn.Dense(2 * h if self.mix == "glu" else h, name="mix")
+                   self.scan, self.unroll, dtype, self.remat, name="lru")
+    self.mix_dense = nn.Dense(2 * h if self.mix == "glu" else h, dtype=dtype,
+                              name="mix")
 
   def _encode(self, inputs: Array) -> Array:
     return inputs if inputs.shape[-1] == self.hidden_size else self.encoder(inputs)
@@ -250,4 +278,7 @@ class LRUBlock(HasOptions, nn.Module):
   def __call__(self, inputs: Array, reverse: bool = False) -> Array:
     """[batch, time, features] -> [batch, time, hidden]; see the class docstring."""
     x = self._encode(inputs)
-    return x + self._mix(self.lru(self.norm(x), reverse=reverse))
+    y = x + self._mix(self.lru(self.norm(x), reverse=reverse))
+    # The residual sum in the compute dtype: the first block's raw float32 input
+    # (features == hidden, no encoder) would otherwise promote the whole stack.
+    return y.astype(self.dtype or y.dtype)

@@ -53,9 +53,10 @@ class LSTM(RecurrentCell):
   @nn.nowrap
   def recurrence(self, params, carry, projected):
     c, h = carry
-    z = projected + h @ params["kernel"]
-    c, h = _gates_and_update(z, c)
-    return (c, h), h
+    dtype = projected.dtype  # The compute dtype: z comes out of the matmul in it.
+    z = projected + h.astype(dtype) @ params["kernel"].astype(dtype)
+    c, h = _gates_and_update(z, c)  # In the carry's float32; see base.py.
+    return (c, h), h.astype(dtype)
 
 
 # The gate nonlinearities along the [batch, 4, hidden] view of z: tanh for the
@@ -85,8 +86,13 @@ def _gates_and_update(z, c):
   recomputes the gates, and emits dz in one element-wise pass. Autodiff of the same
   arithmetic (even rematerialised) splits, pads and re-adds the four gate slices,
   which made the layer gradient markedly slower (docs/performance.md).
+
+  z may be in a lower compute dtype than c (bfloat16 against float32): the gates and
+  the update run in c's dtype, since 1 - f decides how long the cell remembers and
+  bfloat16 resolves it only to 2^-8 near f = 1. z stays the residual, in its own
+  dtype, which is what halves the per-step memory.
   """
-  i, f, g, o = split_gates(gate_activations(z, c.shape[-1]))
+  i, f, g, o = split_gates(gate_activations(z.astype(c.dtype), c.shape[-1]))
   c = f * c + i * g
   return c, o * jnp.tanh(c)
 
@@ -103,12 +109,13 @@ def _update_fwd(z, c):
 def _update_bwd(residuals, cotangents):
   z, c = residuals
   d_c_new, d_h = cotangents
-  gates = gate_activations(z, c.shape[-1])
+  gates = gate_activations(z.astype(c.dtype), c.shape[-1])
   i, f, g, o = split_gates(gates)
   tanh_c = jnp.tanh(f * c + i * g)
   d_c = d_c_new + d_h * o * (1.0 - tanh_c * tanh_c)  # Total gradient into c_t.
   d_gates = jnp.stack([d_c * g, d_c * c, d_c * i, d_h * tanh_c], axis=1)
-  return gate_preactivation_grad(gates, d_gates), d_c * f
+  # Each gradient in its primal's dtype, as custom_vjp requires.
+  return gate_preactivation_grad(gates, d_gates).astype(z.dtype), d_c * f
 
 
 _gates_and_update.defvjp(_update_fwd, _update_bwd)

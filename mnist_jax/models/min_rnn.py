@@ -73,9 +73,11 @@ class _MinimalRNN(RecurrentCell):
   @nn.nowrap
   def recurrence(self, params, carry, projected):
     del params  # No recurrent weights: the state enters only through a_t * h_{t-1}.
-    a, b = self.coefficients(projected)
+    # a_t, b_t in the carry's float32 (see base.py): a_t near 1 is the memory, and
+    # bfloat16 rounds 0.999 to 1.0. Only the input projection ran in the compute dtype.
+    a, b = self.coefficients(projected.astype(carry.dtype))
     h = a * carry + b
-    return h, h
+    return h, h.astype(projected.dtype)
 
   def __call__(self, inputs: Array, reverse: bool = False) -> Array:
     """Runs the cell over time.
@@ -94,9 +96,17 @@ class _MinimalRNN(RecurrentCell):
     # All steps' projections at once ([batch, time, gates * hidden]): the parallel scan
     # needs every (a_t, b_t) before it starts. Element t is the map h -> a_t h + b_t;
     # the prefix compositions applied to h_0 = 0 are the states, i.e. their b parts.
-    a, b = self.coefficients(self.input(inputs))
-    _, states = jax.lax.associative_scan(compose, (a, b), reverse=reverse, axis=1)
-    return states
+    # The projection runs in the compute dtype, the scan in float32 as `recurrence`.
+    projected = self.input(inputs)
+    state_dtype, dtype = self.dtypes(inputs, self.input.variables["params"]["kernel"])
+
+    def states(projected):  # [batch, time, hidden]
+      a, b = self.coefficients(projected.astype(state_dtype))
+      return jax.lax.associative_scan(compose, (a, b), reverse=reverse, axis=1)[1]
+
+    # Under remat the backward pass recomputes the O(log T) levels of partial
+    # compositions from the projections instead of keeping them all.
+    return self.maybe_remat(states)(projected).astype(dtype)
 
 
 class MinGRU(_MinimalRNN):

@@ -24,5 +24,7 @@ class SimpleRNN(RecurrentCell):
 
   @nn.nowrap
   def recurrence(self, params, carry, projected):
-    h = _ACTIVATIONS[self.activation](projected + carry @ params["kernel"])
-    return h, h
+    dtype = projected.dtype  # Matmul in the compute dtype, state in float32 (base.py).
+    z = projected + carry.astype(dtype) @ params["kernel"].astype(dtype)
+    h = _ACTIVATIONS[self.activation](z.astype(carry.dtype))
+    return h, h.astype(dtype)

@@ -31,7 +31,7 @@ have_commands() {
 install_packages() {
   have_commands && return 0
   command -v apt-get >/dev/null || fail "no apt-get: install SLURM (slurmctld, slurmd, client) and munge yourself"
-  # Debian's postinst scripts would try to start services; the daemons start below.
+  # The packages' own service units are not used: the daemons start below, as root.
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       --no-install-recommends $PACKAGES; } >"$STATE/apt.log" 2>&1 \
     || fail "apt-get install $PACKAGES failed: $(tail -n 1 "$STATE/apt.log")"

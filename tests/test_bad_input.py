@@ -92,6 +92,7 @@ def test_no_files_and_no_network_explains_offline_use(tmp_path, monkeypatch):
   monkeypatch.setattr(socket, "create_connection", unreachable)
   monkeypatch.delenv(config_lib.MANUAL_DIR_ENV, raising=False)
   cfg = config_lib.get_config()
+  cfg.data.name = "fashion_mnist"  # Not shipped (MNIST is: it needs no network).
   cfg.data.tfds_dir = str(tmp_path / "fresh_tfds")
   cfg = config_lib.resolve(cfg)
   assert cfg.data.manual_dir is None

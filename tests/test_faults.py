@@ -168,10 +168,11 @@ def _steps(workdir) -> list[int]:
 
 
 def _snapshot(root) -> dict[str, str]:
-  """SHA-256 of every file under `root` (to show nothing was touched)."""
+  """SHA-256 of every file under `root` (to show nothing was touched), but the lock
+  file, which names whoever last held the workdir, a refused run included."""
   root = pathlib.Path(root)
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _logged_steps(log_path: pathlib.Path) -> list[int]:

@@ -43,5 +43,6 @@ def test_stored_notebook_shows_its_results():
   images = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
   assert len(images) == 2
   assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
-  assert code[0]["source"].startswith("# Settings")
-  assert "EPOCHS = 10" in "".join(code[0]["source"])  # The full recipe, not the tiny one.
+  settings = "".join(code[0]["source"])  # Stored as a list of lines.
+  assert settings.startswith("# Settings")
+  assert "EPOCHS = 10" in settings  # The full recipe, not the tiny one.

@@ -45,22 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10  # Passes over the training split.
   config.batch_size = 100  # Global training batch (summed over all devices).
   config.eval_batch_size = 1000  # Batch for validation/test; the last one is padded.
-
-  config.data = data = ml_collections.ConfigDict()
-  data.name = "mnist"  # One of DATASETS (tfds names).
-  # Folder holding the dataset's four canonical .gz files. None: $MNIST_JAX_MANUAL_DIR/
-  # <data.name> when that variable is set, else the MNIST files shipped with the
-  # package (mnist_jax/dataset_files/), else tfds downloads as usual.
-  data.manual_dir = config_dict.placeholder(str)
-  data.tfds_dir = config_dict.placeholder(str)  # tfds data_dir. None: tfds' default.
-  data.validation_size = 5000  # Held out from the head of tfds' train split.
-  data.sequence = "rows"  # rows: 28 x 28; pixels: 784 x 1; permuted_pixels: 784 x 1.
-  # permuted_pixels only: "random" (from permutation_seed) or "bit_reversal".
-  data.permutation = config_dict.placeholder(str)
-  data.permutation_seed = config_dict.placeholder(int)  # "random" only; default 0.
-  data.standardize = False  # Subtract the train mean, divide by the std (after /255).
-  data.resize = config_dict.placeholder(int)  # Resize images to N x N before sequencing.
-  data.augment_max_shift = 0  # Random translation by up to this many pixels (train).
+  config.data = _data_config()
 
   config.model = model = ml_collections.ConfigDict()
   # A cell in the registry (`mnist_jax.models.CELLS`: lstm, gru, ...) or the import
@@ -131,6 +116,26 @@ def get_config() -> ml_collections.ConfigDict:
   # "disabled". None: $WANDB_MODE, else online.
   wandb.mode = config_dict.placeholder(str)
   return config
+
+
+def _data_config() -> ml_collections.ConfigDict:
+  """config.data: the dataset, its split and how images become sequences."""
+  data = ml_collections.ConfigDict()
+  data.name = "mnist"  # One of DATASETS (tfds names).
+  # Folder holding the dataset's four canonical .gz files. None: $MNIST_JAX_MANUAL_DIR/
+  # <data.name> when that variable is set, else the MNIST files shipped with the
+  # package (mnist_jax/dataset_files/), else tfds downloads as usual.
+  data.manual_dir = config_dict.placeholder(str)
+  data.tfds_dir = config_dict.placeholder(str)  # tfds data_dir. None: tfds' default.
+  data.validation_size = 5000  # Held out from the head of tfds' train split.
+  data.sequence = "rows"  # rows: 28 x 28; pixels: 784 x 1; permuted_pixels: 784 x 1.
+  # permuted_pixels only: "random" (from permutation_seed) or "bit_reversal".
+  data.permutation = config_dict.placeholder(str)
+  data.permutation_seed = config_dict.placeholder(int)  # "random" only; default 0.
+  data.standardize = False  # Subtract the train mean, divide by the std (after /255).
+  data.resize = config_dict.placeholder(int)  # Resize images to N x N before sequencing.
+  data.augment_max_shift = 0  # Random translation by up to this many pixels (train).
+  return data
 
 
 def cell_options() -> ml_collections.ConfigDict:

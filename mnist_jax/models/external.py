@@ -4,22 +4,14 @@ Two kinds of class qualify (`KINDS`):
 
 * a `RecurrentCell` subclass (mnist_jax.models.base): used directly, like a registered
   cell (the fast path); its settings are its `OPTIONS`, validated the same way.
-* a flax `nn.RNNCellBase` subclass (flax.linen's LSTMCell, OptimizedLSTMCell, GRUCell,
-  MGUCell, SimpleCell, or your own): `FlaxCellLayer` runs it over time with `nn.RNN`.
-  Its `features` is `model.hidden_size`; its settings are its other constructor
-  arguments whose default (or, if it has none, whose annotation) is a str, int, float
-  or bool. Callables such as gate_fn or kernel_init cannot be set from a config and
-  keep their defaults.
+* a flax `nn.RNNCellBase` subclass: `FlaxCellLayer` runs it with `nn.RNN`, its
+  `features` = `model.hidden_size`; its other str/int/float/bool constructor arguments
+  are settings (callables such as gate_fn keep their defaults).
 
-The settings live in `config.model.options.external`: empty in the base config, the
-experiment file adds keys (`config.model.options.external.reset_gate = False`), which
-the command line can then override. `config.resolve` fills in the defaults of the rest.
-
-Finding the module: by name (sys.path, PYTHONPATH); failing that, from
-`config.model.cell_file`, then beside the experiment files this process loaded
-(`my_cells.py` next to `my_experiment.py`). `config.resolve` records the module's
-file in `model.cell_file`, so a restored workdir (another process, another working
-directory) imports it again.
+Settings live in `config.model.options.external` (the experiment file adds keys; the
+command line overrides them). The module is imported by name, else from
+`model.cell_file` (recorded by `config.resolve`, so a restored workdir finds it from
+any process or folder), else beside the experiment files this process loaded.
 """
 
 import dataclasses

@@ -50,16 +50,23 @@ SGD-Nesterov, gradient clipping and label smoothing when configured), eager mode
 its default thread count. Shift augmentation and the learning-rate schedule are not
 reproduced there (both are negligible per step; a warning says so).
 
+A config this machine cannot run (the cuDNN LSTM anywhere but on a CUDA GPU) is
+skipped with its reason, printed and kept in the JSON as {"name", "skipped"}; one whose
+measurement raises is kept as {"name", "failed"} and makes the exit status 1, after the
+other configs are measured.
+
 Beside this file: `runners.py` (the JAX and PyTorch runners), `costs.py` (FLOPs, the
 matmul reference, peak RSS), `tables.py` (the printed table).
 """
 
+import importlib.util
 import json
 import math
 import os
 import platform
 import statistics
 import time
+import traceback
 from typing import Callable
 
 from absl import app
@@ -73,6 +80,7 @@ import runners
 import tables
 from mnist_jax import config as config_lib
 from mnist_jax import data
+from mnist_jax import models
 
 _EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "experiments")
@@ -102,12 +110,16 @@ def _define_flags() -> None:
 
 
 # Name -> (config file, overrides). Base recipes: batch 100, Adam 1e-3, no schedule.
+# The seed_lstm_* variants time the seed LSTM's other implementation (cuDNN: CUDA GPUs
+# only, skipped elsewhere) and compute dtype (PyTorch's side stays float32, so none).
 PRESETS = {
     "seed_lstm": ("seed_lstm.py", {}),
     "seed_rnn": ("seed_rnn.py", {}),
     "gru": ("seed_lstm.py", {"model.name": "gru"}),
     "pixel_lstm": ("seed_lstm.py", {"data.sequence": "pixels",
                                     "model.hidden_size": 128}),
+    "seed_lstm_cudnn": ("seed_lstm.py", {"model.options.lstm.implementation": "cudnn"}),
+    "seed_lstm_bf16": ("seed_lstm.py", {"model.dtype": "bfloat16"}),
 }
 
 
@@ -258,37 +270,66 @@ def main(argv):
   peak = costs.matmul_gflops(1000, 400, 400, iterations=200)
   print(f"f32 matmul 1000x400 @ 400x400 in a fori_loop: {peak:.1f} GFLOP/s", flush=True)
 
-  results = []
+  records = []  # {"name", and the results, "skipped" or "failed"}, in order.
   for name, config in configs:
     label = tables.describe(config)
     if name:
       label = f"{name}: {label}"
-    compare = FLAGS.compare
-    if compare == "torch" and config.model.name not in runners.TORCH_MODELS:
-      print(f"warning: {label}: no PyTorch equivalent; measuring JAX only.")
-      compare = None
-    if compare == "torch" and config.data.augment_max_shift:
-      print(f"warning: {label}: PyTorch side does not reproduce shift augmentation.")
-    print(f"measuring {label} ...", flush=True)
+    records.append({"name": label, **_measure_or_say_why(label, config, peak)})
+
+  measured = [(r["name"], r) for r in records if "jax" in r]
+  print()
+  print(tables.format_table(measured) if measured else "nothing measured")
+  for r in records:
+    if "jax" not in r:
+      print(f"{r['name']}: {'skipped' if 'skipped' in r else 'failed'}: "
+            f"{r.get('skipped') or r.get('failed')}")
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      json.dump(records, f, indent=2)
+  return 1 if any("failed" in r for r in records) else 0
+
+
+def _measure_or_say_why(label: str, config: ml_collections.ConfigDict,
+                        peak: float) -> dict:
+  """`measure`'s result; {"skipped": why} for what this machine cannot run (cuDNN off
+  a CUDA GPU), {"failed": error} when measuring raises, so the other configs go on."""
+  why = models.machine_error(config.model)
+  if why:
+    print(f"skipping {label}: {why}", flush=True)
+    return {"skipped": why}
+  compare = FLAGS.compare
+  if compare == "torch" and importlib.util.find_spec("torch") is None:
+    print(f"warning: {label}: PyTorch is not installed (`pip install -e .[bench]`); "
+          f"measuring JAX only.")
+    compare = None
+  if compare == "torch" and config.model.name not in runners.TORCH_MODELS:
+    print(f"warning: {label}: no PyTorch equivalent; measuring JAX only.")
+    compare = None
+  if compare == "torch" and config.model.dtype != "float32":
+    print(f"warning: {label}: the PyTorch side computes in float32 only; measuring "
+          f"JAX only.")
+    compare = None
+  if compare == "torch" and config.data.augment_max_shift:
+    print(f"warning: {label}: PyTorch side does not reproduce shift augmentation.")
+  print(f"measuring {label} ...", flush=True)
+  try:
     r = measure(config, compare, FLAGS.repeats, FLAGS.min_repeat_s,
                 FLAGS.warmup_steps, peak_gflops=peak, torch_threads=FLAGS.torch_threads,
                 torch_device=FLAGS.torch_device)
-    if "torch" in r:
-      print(f"  torch {r['torch']['torch_version']}, "
-            f"{r['torch']['threads']} intra-op threads")
-    print(f"  {json.dumps({k: v for k, v in r['jax'].items() if 'repeats' not in k})}",
-          flush=True)
-    results.append((label, r))
-
-  print()
-  print(tables.format_table(results))
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump([{"name": n, **r} for n, r in results], f, indent=2)
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return {"failed": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+  if "torch" in r:
+    print(f"  torch {r['torch']['torch_version']}, "
+          f"{r['torch']['threads']} intra-op threads")
+  print(f"  {json.dumps({k: v for k, v in r['jax'].items() if 'repeats' not in k})}",
+        flush=True)
+  return r
 
 
 if __name__ == "__main__":
   from mnist_jax import hugepages
   hugepages.relaunch_with_huge_pages()  # As `mnist_jax.main` does: same allocator.
   _define_flags()
-  app.run(main)
+  app.run(main)  # Its return value is the exit status.

@@ -13,6 +13,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
   model = results.describe_model(m.to_dict())
   if m.name == "simple_rnn":
     model += f", {m.options.simple_rnn.activation}"
+  if m.name == "lstm" and m.options.lstm.implementation != "scan":
+    model += f", {m.options.lstm.implementation}"
+  if m.dtype != "float32":
+    model += f", {m.dtype}"
   steps = data.input_shape(config.data)[0]
   return f"{model}; {config.data.sequence} T={steps}"
 

@@ -164,6 +164,11 @@ class CheckpointStore:
                                   partial_restore=True)
     return self._restore(step, args)[0][name]
 
+  def delete(self, step: int) -> None:
+    """Removes the checkpoint at `step` (population.py: a member ahead of the others
+    goes back to their step)."""
+    self.manager.delete(step)
+
   def wait(self) -> None:
     """Blocks until background saves finish.
 

@@ -4,6 +4,7 @@
 of the library unimported until the flags have parsed, so `--help` is instant.
 """
 
+import argparse
 import logging as logging_lib
 import os
 import re
@@ -161,6 +162,35 @@ class _QuietAsyncio(logging_lib.Filter):
 
   def filter(self, record):
     return "exception was never retrieved" not in record.getMessage()
+
+
+def refuse_if_busy(argv: Sequence[str], what: str = "workdir",
+                   modes: tuple[str, ...] | None = ("train", "report")) -> None:
+  """A second writer of a --workdir (training or report; `modes` None: any, as for a
+  sweep folder) exits here, within a second or two: before the config file loads the
+  models and JAX (seconds). Not in a job of several processes (its process 0 takes the
+  lock; the others never do), nor for --help."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
+                                   exit_on_error=False)
+  for name in ("mode", "workdir", "coordinator_address", "num_processes"):
+    parser.add_argument(f"--{name}")
+  try:
+    known, _ = parser.parse_known_args(argv[1:argv.index("--")] if "--" in argv
+                                       else argv[1:])
+  except argparse.ArgumentError:
+    return  # absl's parsing says what is wrong, in one line.
+  if (modes and (known.mode or "train") not in modes) or not known.workdir or any(
+      a in _HELP for a in argv):
+    return
+  from mnist_jax import cluster_env, locks
+  from mnist_jax.errors import UserError
+  if known.coordinator_address or known.num_processes not in (None, "1") or (
+      cluster_env.detect_cluster()):
+    return
+  try:
+    locks.check_free(known.workdir, what, "use another --workdir")
+  except UserError as e:
+    sys.exit(f"error: {e}")
 
 
 def setup(compilation_cache: str, cpu_devices: int | None,

@@ -28,8 +28,6 @@ With several processes, CPU collectives use gloo (TCP through the coordinator's 
 store). The setting only concerns JAX's CPU client, so it is harmless on GPU and TPU.
 """
 
-import glob
-import importlib.util
 import logging as logging_lib
 import os
 import socket
@@ -38,40 +36,8 @@ from absl import logging
 import jax
 import jax.extend.backend
 
+from mnist_jax.cluster_env import detect_cluster, int_env
 from mnist_jax.errors import ConfigError
-
-
-def _int_env(name: str) -> int | None:
-  value = os.environ.get(name)
-  return int(value) if value and value.strip().isdigit() else None
-
-
-def _on_tpu_vm() -> bool:
-  """libtpu installed and TPU chips present (without starting any JAX backend)."""
-  if importlib.util.find_spec("libtpu") is None:
-    return False
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
-
-
-def detect_cluster() -> str | None:
-  """Names the multi-process environment found in os.environ, or None.
-
-  Returns:
-    "slurm", "ompi", "tpu", "env" (only JAX_COORDINATOR_ADDRESS), or None for a plain
-    single-process run.
-  """
-  env = os.environ
-  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                "SLURM_LOCALID")
-  if all(v in env for v in slurm_vars) and (_int_env("SLURM_NTASKS") or 1) > 1:
-    return "slurm"
-  if "OMPI_MCA_orte_hnp_uri" in env and (_int_env("OMPI_COMM_WORLD_SIZE") or 1) > 1:
-    return "ompi"
-  if _on_tpu_vm():
-    return "tpu"
-  if env.get("JAX_COORDINATOR_ADDRESS"):  # Last: the clusters above also give the ids.
-    return "env"
-  return None
 
 
 def initialize(coordinator_address: str | None = None,
@@ -100,9 +66,9 @@ def initialize(coordinator_address: str | None = None,
   if jax.distributed.is_initialized():
     return True
   if num_processes is None:
-    num_processes = _int_env("JAX_NUM_PROCESSES")
+    num_processes = int_env("JAX_NUM_PROCESSES")
   if process_id is None:
-    process_id = _int_env("JAX_PROCESS_ID")
+    process_id = int_env("JAX_PROCESS_ID")
   explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
   cluster = detect_cluster()
   if not explicit and cluster is None:

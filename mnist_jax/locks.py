@@ -102,6 +102,18 @@ def _release(handle) -> None:
   handle.close()
 
 
+def _locked_error(folder: str, what: str, hint: str) -> LockedError:
+  return LockedError(f"{what} {folder} is in use by {describe(holder(folder))}; "
+                     f"wait for it to end or stop it, or {hint}.")
+
+
+def check_free(folder: str, what: str, hint: str) -> None:
+  """Raises `acquire`'s LockedError if another process holds `folder`'s lock now,
+  without taking it: a second writer can leave before it loads anything heavy."""
+  if is_locked_by_another(folder):
+    raise _locked_error(folder, what, hint)
+
+
 def acquire(folder: str, what: str, hint: str) -> bool:
   """Takes `folder`'s lock (re-entrant); returns whether it was taken.
 
@@ -126,8 +138,7 @@ def acquire(folder: str, what: str, hint: str) -> bool:
       raise UserError(f"cannot lock {what} {folder} ({e.strerror}: {path}); "
                       f"is it writable?") from None
     if handle is None:
-      raise LockedError(f"{what} {folder} is in use by {describe(holder(folder))}; "
-                        f"wait for it to end or stop it, or {hint}.")
+      raise _locked_error(folder, what, hint)
     _write_holder(handle)
     _held[key] = [handle, 1]
   return True

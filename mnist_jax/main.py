@@ -73,6 +73,7 @@ def main(argv):
 def run():
   """Console-script entry point (`mnist-jax`)."""
   from mnist_jax import cli, hugepages
+  cli.refuse_if_busy(sys.argv)  # In a second, before the config loads the models.
   hugepages.relaunch_with_huge_pages()  # Long sequences on CPU (see hugepages.py).
   app.run(main, flags_parser=cli.flags_parser(__doc__))
 

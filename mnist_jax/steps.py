@@ -9,12 +9,11 @@ turns images into model inputs [batch, time, features] on the device.
 """
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from mnist_jax import data
@@ -24,13 +23,16 @@ from mnist_jax import models
 Batch = dict[str, jax.Array]
 Preprocess = Callable[[jax.Array], jax.Array]
 
+if TYPE_CHECKING:  # Annotations only: benchmarks/population.py runs without it.
+  import ml_collections
+
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus the run's base RNG key (per-step keys are folded in)."""
   rng: jax.Array
 
 
-def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
+def create_learning_rate_schedule(opt: "ml_collections.ConfigDict",
                                   steps_per_epoch: int,
                                   num_epochs: int) -> optax.Schedule:
   total = steps_per_epoch * num_epochs
@@ -49,7 +51,7 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict,
   return optax.cosine_onecycle_schedule(total, peak, pct_start=pct)
 
 
-def _base_optimizer(opt: ml_collections.ConfigDict, lr: optax.Schedule,
+def _base_optimizer(opt: "ml_collections.ConfigDict", lr: optax.Schedule,
                     weight_decay: float) -> optax.GradientTransformation:
   if opt.name == "adam":
     return optax.adam(lr)
@@ -67,7 +69,7 @@ def recurrence_labels(params: Any, names: tuple[str, ...]) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+def create_optimizer(opt: "ml_collections.ConfigDict", steps_per_epoch: int,
                      num_epochs: int, recurrence: tuple[str, ...] = ()
                      ) -> optax.GradientTransformation:
   """The optimizer `opt` describes, clipping first if configured.
@@ -99,14 +101,14 @@ def create_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int,
   return tx
 
 
-def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
+def init_params(config: "ml_collections.ConfigDict", rng: jax.Array) -> Any:
   """The model's initial parameters for `config` (`rng`: a raw uint32 key)."""
   model = models.build_model(config.model)
   dummy = jnp.zeros((1, *data.input_shape(config.data)), jnp.float32)
   return model.init(rng, dummy, train=False)["params"]
 
 
-def abstract_params(config: ml_collections.ConfigDict) -> Any:
+def abstract_params(config: "ml_collections.ConfigDict") -> Any:
   """Shapes and dtypes of the parameters (`jax.ShapeDtypeStruct`s), computing nothing.
 
   The restore target for evaluation: no optimizer, so no schedule to invent.
@@ -114,13 +116,13 @@ def abstract_params(config: ml_collections.ConfigDict) -> Any:
   return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))
 
 
-def _optimizer_for(config: ml_collections.ConfigDict,
+def _optimizer_for(config: "ml_collections.ConfigDict",
                    steps_per_epoch: int) -> optax.GradientTransformation:
   return create_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
                           models.layer_class(config.model).RECURRENCE_PARAMS)
 
 
-def abstract_opt_state(config: ml_collections.ConfigDict) -> Any:
+def abstract_opt_state(config: "ml_collections.ConfigDict") -> Any:
   """Shapes and dtypes of the optimizer state, computing nothing: the restore target
   for the parameter EMA (the schedule's length does not change the state's shape)."""
   tx = _optimizer_for(config, steps_per_epoch=1000)  # Any length serves.
@@ -139,7 +141,7 @@ def eval_params(params: Any, opt_state: Any, which: str) -> Any:
   return averaged
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+def create_train_state(config: "ml_collections.ConfigDict", rng: jax.Array,
                        steps_per_epoch: int) -> TrainState:
   """Initialises the model and optimizer. `rng` is a raw uint32 key."""
   params_rng, state_rng = jax.random.split(rng)

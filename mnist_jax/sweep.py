@@ -23,6 +23,11 @@ job ids in each run's folder: the same command again follows jobs still queued o
 running, skips finished runs and resubmits the rest, which resume from their
 checkpoints. Ctrl-C or SIGTERM then stops following; the jobs go on. See
 docs/distributed.md, "SLURM".
+
+--population trains the runs, which may then differ only in seed and
+optimizer.learning_rate, in this one process on one device, as one jitted step over
+the runs (mnist_jax/population.py); each still gets its own ordinary workdir, and the
+same command again resumes them. See docs/distributed.md, "Populations".
 """
 
 import os
@@ -62,6 +67,8 @@ flags.DEFINE_integer("slurm_gpus_per_run", 0, "slurm: --gpus of each job.",
 flags.DEFINE_string("slurm_sbatch", "", "slurm: more sbatch options, quoted as one "
                     "string, e.g. --slurm_sbatch='--account=ml --qos=low'; they "
                     "override the sweep's.")
+flags.DEFINE_bool("population", False, "Train the runs (differing only in seed and "
+                  "optimizer.learning_rate) in this process, one vmapped step for all.")
 flags.mark_flag_as_required("workdir")
 flags.register_validator("workdir", lambda value: value is None or bool(value.strip()),
                          "--workdir must name a folder, not be empty.")
@@ -77,11 +84,17 @@ def main(argv):
                       f"--name=value).")
     config_path = (config_flags.get_config_filename(FLAGS["config"])
                    if FLAGS.config else None)
+    if FLAGS.population and not FLAGS.summary_only:
+      # This process trains: set up as `mnist-jax --cpu_devices=1` (main's cache).
+      cache = os.environ.get("MNIST_JAX_COMPILATION_CACHE",
+                             "~/.cache/mnist_jax/jax_compilation_cache")
+      cli.setup(cache, 1, None, None, None)
     return sweeps.run_sweep(config_path, FLAGS.config, FLAGS.workdir, FLAGS.sweep,
                             FLAGS.parallel, common=cli.config_overrides(sys.argv),
                             summary_only=FLAGS.summary_only, launcher=FLAGS.launcher,
                             cpu_devices=FLAGS.cpu_devices,
-                            slurm_options=_slurm_options())
+                            slurm_options=_slurm_options(),
+                            population=FLAGS.population)
   except UserError as e:
     sys.exit(f"error: {e}")
 
@@ -109,6 +122,7 @@ def _slurm_options():
 def run():
   """Console-script entry point (`mnist-jax-sweep`)."""
   from mnist_jax import cli
+  cli.refuse_if_busy(sys.argv, "sweep folder", modes=None)  # Before the config loads.
   app.run(main, flags_parser=cli.flags_parser(__doc__))
 
 

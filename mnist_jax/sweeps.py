@@ -284,38 +284,51 @@ def axes_for(config_path: str, flags_: Sequence[str]) -> Axes:
   return axes
 
 
-def check_runs(config, runs: Sequence[Run]) -> None:
-  """Resolves every run's config before anything starts (one-line ConfigError)."""
+def run_config(config, run: Run):
+  """`config` with `run`'s overrides, as the run's own `mnist_jax.main` builds it (an
+  unlocked copy, not resolved; ConfigError for a bad override)."""
   from ml_collections import config_dict
-  for run in runs:
-    cfg = config_dict.ConfigDict(config.to_dict())
-    with cfg.ignore_type():
-      config_lib.override(cfg, {k: _typed(config, k, v) for k, v in run.overrides})
-    config_lib.resolve(cfg)
+  cfg = config_dict.ConfigDict(config.to_dict())
+  with cfg.ignore_type():
+    config_lib.override(cfg, {k: _typed(config, k, v) for k, v in run.overrides})
+  return cfg
+
+
+def check_runs(config, runs: Sequence[Run]) -> list:
+  """Resolves every run's config before anything starts (one-line ConfigError);
+  returns them."""
+  return [config_lib.resolve(run_config(config, run)) for run in runs]
 
 
 def run_sweep(config_path: str | None, config, sweep_dir: str,
               sweep_flags: Sequence[str], parallel: int | None,
               common: Sequence[str], summary_only: bool = False,
               launcher: str = "local", cpu_devices: int | None = None,
-              slurm_options=None) -> int:
+              slurm_options=None, population: bool = False) -> int:
   """`mnist-jax-sweep`: trains the grid, then writes the summary; the exit status.
 
   `launcher`, `cpu_devices` and `slurm_options` (a slurm_launcher.Options) choose
-  how runs start: launchers.make_launcher.
+  how runs start: launchers.make_launcher. `population`: the runs, which may differ
+  only in seed and learning rate, train in this process as one (population.py).
   """
   runs = None
   if not summary_only:
     if config_path is None:
       raise UserError("--config is required (e.g. --config=experiments/seed_lstm.py).")
+    if population:
+      from mnist_jax import population as population_lib
+      population_lib.check_flags(launcher, parallel, cpu_devices)
     runs = grid(axes_for(config_path, sweep_flags))
-    check_runs(config, runs)
+    resolved = check_runs(config, runs)
+    if population:
+      population_lib.check_members(resolved)
   _check_folder(sweep_dir, summary_only)
   try:
     with locks.locked(sweep_dir, "sweep folder", "use another --workdir"):
       make = lambda count: launchers.make_launcher(launcher, parallel, cpu_devices,
                                                    count, slurm_options)
-      return _run_locked(config_path, sweep_dir, runs, make, common)
+      return _run_locked(config_path, sweep_dir, runs, make, common,
+                         config if population else None)
   except WriteError as e:
     raise e.advise(f"the runs' results in {sweep_dir} are intact: free space and run "
                    f"the same command again (finished runs are not trained again)"
@@ -336,11 +349,14 @@ def _check_folder(sweep_dir: str, summary_only: bool) -> None:
 
 
 def _run_locked(config_path: str | None, sweep_dir: str, runs: list[Run] | None,
-                make_launcher, common: Sequence[str]) -> int:
-  """Trains `runs` (None: none, --summary_only), then writes the summary."""
+                make_launcher, common: Sequence[str], population_config=None) -> int:
+  """Trains `runs` (None: none, --summary_only), then writes the summary; with a
+  `population_config` (the sweep's config), as one population."""
   from mnist_jax import summary
   states = {}
-  if runs is not None:
+  if runs is not None and population_config is not None:
+    states = _run_population(population_config, config_path, sweep_dir, runs, common)
+  elif runs is not None:
     launcher = make_launcher(len(runs))
     print(f"[sweep {sweep_dir}] {len(runs)} runs, {launcher.describe()}", flush=True)
     states = Sweep(config_path, sweep_dir, runs, common, launcher).run()
@@ -349,3 +365,28 @@ def _run_locked(config_path: str | None, sweep_dir: str, runs: list[Run] | None,
   if "stopped" in states.values():
     print("Stopped: run the same command again to resume.")
   return 1 if "failed" in states.values() else 0
+
+
+def _run_population(config, config_path: str, sweep_dir: str, runs: list[Run],
+                    common: Sequence[str]) -> dict[str, str]:
+  """Trains the unfinished runs in this process as one population (population.py),
+  each in its own workdir; returns the runs' states."""
+  from mnist_jax import population
+  sweep = Sweep(config_path, sweep_dir, runs, common, launcher=None)
+  sweep._write_manifest()  # pylint: disable=protected-access
+  todo = [r for r in runs if not finished(sweep.workdir(r))]
+  print(f"[sweep {sweep_dir}] {len(runs)} runs as one population, {len(todo)} to "
+        f"train", flush=True)
+  configs = [run_config(config, run) for run in todo]
+  group = os.path.basename(os.path.abspath(sweep_dir))
+  for cfg in configs:  # As a launched run's command line sets it.
+    if group and not any(a.startswith("--config.wandb.group=") for a in common):
+      cfg.wandb.group = group
+  outcomes = population.train_and_evaluate(configs, [sweep.workdir(r) for r in todo])
+  sweep.state = {r.name: "done" for r in runs}
+  for run, outcome in zip(todo, outcomes):
+    sweep.state[run.name] = ("done" if finished(sweep.workdir(run)) else
+                             "failed" if outcome["status"] == "failed" else "stopped")
+    sweep.logs[run.name] = "the population's output above"
+  sweep._print_status(final=True)  # pylint: disable=protected-access
+  return dict(sweep.state)

@@ -17,6 +17,7 @@ from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import evaluate
+from mnist_jax import models
 from mnist_jax import parallel
 from mnist_jax import steps
 from mnist_jax import wandb_writer
@@ -31,14 +32,17 @@ from mnist_jax.workdir import Workdir
 class _Run:
   """One training run's pieces, so the loop below reads as the algorithm it is."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, tracker=None):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, tracker=None,
+               splits: dict | None = None, resume: bool = True):
+    """`splits`: already loaded (a population shares them). `resume`: start from the
+    latest checkpoint now; False leaves that to a `resume(step)` call."""
     self.config = config
     self.placement = parallel.make_placement()
     logging.info("Devices: %s.", self.placement.describe())
     self.placement.check_batch_size(config.batch_size, "batch_size")
     self.placement.check_batch_size(config.eval_batch_size, "eval_batch_size")
     self.workdir = Workdir.create(config, workdir)
-    self.splits = data.load_splits(config)
+    self.splits = data.load_splits(config) if splits is None else splits
     constants = self.workdir.preprocessing(
         lambda: data.preprocessing_for(config, self.splits["train"]), save=True)
     preprocess = data.make_preprocess(config.data, constants.mean, constants.std,
@@ -46,24 +50,35 @@ class _Run:
     self.order = data.TrainOrder(config.seed, len(self.splits["train"]),
                                  config.batch_size)
     self.spe = self.order.steps_per_epoch
-    state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), self.spe)
-    self.state = self.placement.put_state(state)
     self.store = self.workdir.checkpoint_store()
+    self.tracker, self.writer = tracker, None
+    # `steps.train_step`'s keywords (a population vmaps it with the same ones).
+    self.step_options = {"preprocess": preprocess,
+                         "label_smoothing": config.optimizer.label_smoothing,
+                         "augment_max_shift": config.data.augment_max_shift}
+    apply_fn = models.build_model(config.model).apply
+    self.train_step = self.placement.train_step(apply_fn, **self.step_options)
+    self.eval_step = self.placement.eval_step(apply_fn, preprocess)
+    if resume:
+      self.resume(self.store.latest_step())
+
+  def resume(self, step: int | None) -> None:
+    """Starts from the checkpoint at `step` (None: the initial state) and opens the
+    metric writer, which drops the rows a killed session logged after `step` (they
+    are logged again)."""
+    state = steps.create_train_state(self.config, jax.random.PRNGKey(self.config.seed),
+                                     self.spe)
+    self.state = self.placement.put_state(state)
     self.history = {"best_val_accuracy": None, "epochs_since_best": 0}
-    latest = self.store.latest_step()
-    if latest is not None:
-      self.state, meta = self.store.restore(latest, self.state)
+    if step is not None:
+      self.state, meta = self.store.restore(step, self.state)
       self.history.update(meta.get("history", {}))
-      logging.info("Resumed from checkpoint at step %d (epoch %.2f).", latest,
-                   latest / self.spe)
+      logging.info("Resumed from checkpoint at step %d (epoch %.2f).", step,
+                   step / self.spe)
     self.step = int(jax.device_get(self.state.step))  # The last step taken.
-    self.train_step = self.placement.train_step(
-        state.apply_fn, preprocess=preprocess,
-        label_smoothing=config.optimizer.label_smoothing,
-        augment_max_shift=config.data.augment_max_shift)
-    self.eval_step = self.placement.eval_step(state.apply_fn, preprocess)
-    # Rows logged after the restored step by a killed session are logged again.
-    self.writer = MetricWriter(workdir, resumed_from=latest, also=tracker)
+    if self.writer is not None:
+      self.writer.close()
+    self.writer = MetricWriter(self.workdir.path, resumed_from=step, also=self.tracker)
 
   def flush(self, step: int, pending: list, progress: Progress) -> None:
     """Fetches and logs pending step metrics; stops the run if a step was not finite."""
@@ -239,23 +254,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   with wandb_writer.session(config, workdir) as tracker:  # Training and test metrics.
     result = train(config, workdir, tracker)
-    if not result["completed"]:
-      print(f"Stopped by {result['stopped_by']} at step {result['step']}; a "
-            f"checkpoint was saved. Resume by running the same command again.")
-      return None
-    metrics = evaluate.evaluate_workdir(workdir, checkpoint=config.eval_checkpoint,
-                                        split="test")
-    result["run_info"].record_test(metrics)
-    if tracker is not None:
-      tracker.record_test(metrics)
-  if jax.process_index() == 0:
-    from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
-    try:
-      paths = report.write_report(workdir, split="test",
-                                  checkpoint=metrics["checkpoint_step"])
-      print(f"Report: {paths.get('report')}")
-    except Exception as e:  # pylint: disable=broad-except
-      # The metrics are already written; a plotting failure must not lose them.
-      logging.warning("Could not draw the report (%s: %s); metrics are in %s/eval.",
-                      type(e).__name__, e, workdir)
+    metrics = evaluate_trained(config, workdir, result, tracker)
+  if metrics is not None:
+    draw_report(workdir, metrics)
   return metrics
+
+
+def evaluate_trained(config: ml_collections.ConfigDict, workdir: str, result: dict,
+                     tracker=None) -> dict | None:
+  """The test evaluation of `config.eval_checkpoint` after `train` returned `result`,
+  recorded in run_info.json (and W&B); None, with a line on how to resume, when a
+  signal stopped training. The caller holds the workdir's lock."""
+  if not result["completed"]:
+    print(f"Stopped by {result['stopped_by']} at step {result['step']}; a "
+          f"checkpoint was saved. Resume by running the same command again.")
+    return None
+  metrics = evaluate.evaluate_workdir(workdir, checkpoint=config.eval_checkpoint,
+                                      split="test")
+  result["run_info"].record_test(metrics)
+  if tracker is not None:
+    tracker.record_test(metrics)
+  return metrics
+
+
+def draw_report(workdir: str, metrics: dict) -> None:
+  """WORKDIR/report/ for the evaluated checkpoint (process 0); a plotting failure
+  only warns, since the metrics are already written."""
+  if jax.process_index() != 0:
+    return
+  from mnist_jax import report  # matplotlib: loaded only when a report is drawn.
+  try:
+    paths = report.write_report(workdir, split="test",
+                                checkpoint=metrics["checkpoint_step"])
+    print(f"Report: {paths.get('report')}")
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Could not draw the report (%s: %s); metrics are in %s/eval.",
+                    type(e).__name__, e, workdir)

@@ -27,13 +27,15 @@ from mnist_jax import checkpoints
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import locks
+from mnist_jax import models
 from mnist_jax import steps
 from mnist_jax.errors import ConfigError, WorkdirError, disk_errors
 from mnist_jax.models import external
 
 # Fields that define what a workdir's checkpoints are; a resumed run must match them.
-# `model` counts without the options of cells other than the chosen one, and without
-# `cell_file` (where an import-path cell's code lives, not what the cell is).
+# `model` counts without the options of cells other than the chosen one, without the
+# chosen cell's `runtime` options (how it computes, e.g. LSTM's implementation), and
+# without `cell_file` (where an import-path cell's code lives, not what the cell is).
 # optimizer.ema_decay counts because the optimizer state (and so each checkpoint) holds
 # the average only when it is above 0, and its value is what the average means.
 IDENTITY_KEYS = ("seed", "batch_size", "model", "data.name", "data.sequence",
@@ -123,9 +125,17 @@ def identity(config: dict) -> dict[str, Any]:
       value.pop("cell_file", None)
       options = value.pop("options", {})
       chosen = external.options_key(value["name"])
-      value["options"] = {chosen: options.get(chosen, {})}
+      value["options"] = {chosen: _without_runtime(value["name"],
+                                                   options.get(chosen, {}))}
     out.update(_flatten(value, key))
   return out
+
+
+def _without_runtime(name: str, options: dict) -> dict:
+  """A registered cell's option values less its `runtime` ones (base.Option)."""
+  cell = models.CELLS.get(name) if isinstance(name, str) else None
+  runtime = {k for k, o in cell.OPTIONS.items() if o.runtime} if cell else set()
+  return {k: v for k, v in options.items() if k not in runtime}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -276,6 +286,10 @@ class Workdir:
     if config.data.manual_dir and not os.path.isdir(config.data.manual_dir):
       # Copied from another machine: the data is found as on this one.
       config.data.manual_dir = None
+    fitted = models.fit_to_machine(config.model)  # Trained with cuDNN, opened on a CPU.
+    if fitted:
+      from absl import logging
+      logging.info("%s", fitted)
     return cls(path, config_lib.resolve(config))
 
   # -- Preprocessing constants. ------------------------------------------------------

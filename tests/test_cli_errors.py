@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFile
 
 from conftest import REPO, one_line_error, run_main, tiny_config
 from mnist_jax import cli
+from mnist_jax import cluster_env
 from mnist_jax import distributed
 from mnist_jax import predict
 from mnist_jax import train
@@ -79,7 +80,7 @@ def test_traceback_quoted_by_absl_shrinks_to_its_place(tmp_path):
 # JAX_PLATFORMS naming a platform this machine lacks.
 # ----------------------------------------------------------------------------------
 _PRESENT = {"cuda": bool(glob.glob("/dev/nvidia[0-9]*")),
-            "tpu": distributed._on_tpu_vm(), "gpux": False}
+            "tpu": cluster_env._on_tpu_vm(), "gpux": False}
 
 
 @pytest.mark.parametrize("platform", sorted(_PRESENT))

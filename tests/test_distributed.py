@@ -23,6 +23,7 @@ import pytest
 
 from conftest import REPO, run_main
 from mnist_jax import checkpoints
+from mnist_jax import cluster_env
 from mnist_jax import distributed
 from mnist_jax import steps
 from mnist_jax.workdir import Workdir
@@ -303,12 +304,12 @@ _CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID
 def plain_env(monkeypatch):
   for var in _CLUSTER_VARS:
     monkeypatch.delenv(var, raising=False)
-  monkeypatch.setattr(distributed, "_on_tpu_vm", lambda: False)
+  monkeypatch.setattr(cluster_env, "_on_tpu_vm", lambda: False)
   return monkeypatch
 
 
 def test_single_process_needs_no_setup(plain_env):
-  assert distributed.detect_cluster() is None
+  assert cluster_env.detect_cluster() is None
   assert distributed.initialize() is False
 
 
@@ -317,13 +318,13 @@ def test_detects_slurm_and_open_mpi_only_with_several_tasks(plain_env):
                      "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
                      "SLURM_LOCALID": "0"}.items():
     plain_env.setenv(var, value)
-  assert distributed.detect_cluster() is None  # One task: a plain run.
+  assert cluster_env.detect_cluster() is None  # One task: a plain run.
   plain_env.setenv("SLURM_NTASKS", "2")
-  assert distributed.detect_cluster() == "slurm"
+  assert cluster_env.detect_cluster() == "slurm"
   plain_env.delenv("SLURM_JOB_ID")
   plain_env.setenv("OMPI_MCA_orte_hnp_uri", "123.0;tcp://10.0.0.1:5000")
   plain_env.setenv("OMPI_COMM_WORLD_SIZE", "4")
-  assert distributed.detect_cluster() == "ompi"
+  assert cluster_env.detect_cluster() == "ompi"
 
 
 @pytest.mark.parametrize("kwargs,phrase", [

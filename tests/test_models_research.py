@@ -305,9 +305,9 @@ def test_cells_get_only_their_own_options():
   assert models.build_model(_model_config("gru").model).cell_options == ()
   assert models.build_model(_model_config("simple_rnn").model).cell_options == (
       ("activation", "tanh"),)
-  # The LSTM's only option, chrono init, is off by default (forget bias 1).
+  # The LSTM's options: chrono init, off by default (forget bias 1), and the scan.
   assert models.build_model(_model_config("lstm").model).cell_options == (
-      ("chrono_max_timescale", None),)
+      ("chrono_max_timescale", None), ("implementation", "scan"))
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)

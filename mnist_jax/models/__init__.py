@@ -43,12 +43,58 @@ CELLS: dict[str, type[nn.Module]] = {
 
 __all__ = ["CELLS", "HasOptions", "Option", "RecurrentCell", "SequenceClassifier",
            "build_model", "cell_layer", "check_model", "check_options",
-           "complete_model", "compute_dtype", "layer_class"]
+           "complete_model", "compute_dtype", "fit_to_machine", "layer_class",
+           "machine_error"]
 
 
-def check_options(name: str, values: dict[str, Any]) -> None:
-  """Raises ConfigError naming the first invalid option of registered cell `name`."""
-  external.check_option_values(CELLS[name], values, f"config.model.options.{name}")
+def check_options(name: str, values: dict[str, Any], model_config=None) -> None:
+  """Raises ConfigError naming the first invalid option of registered cell `name`;
+  with `model_config`, also what this machine or the rest of the model refuses."""
+  where = f"config.model.options.{name}"
+  cell = CELLS[name]
+  external.check_option_values(cell, values, where)
+  if model_config is None:
+    return
+  values = {**{k: o.default for k, o in cell.OPTIONS.items()}, **values}
+  problem = cell.machine_error(values) or cell.model_error(values, model_config)
+  if problem:
+    raise ConfigError(f"{where}: {problem}.")
+
+
+def machine_error(model_config) -> str | None:
+  """Why this machine cannot run the model `config.model` names, in one line (None: it
+  can, or the cell does not say). Starts no JAX backend."""
+  name = model_config.name
+  if external.is_import_path(name) or name not in CELLS:
+    return None
+  cell = CELLS[name]
+  values = {**{k: o.default for k, o in cell.OPTIONS.items()},
+            **model_config.options[name].to_dict()}
+  problem = cell.machine_error(values)
+  return f"config.model.options.{name}: {problem}." if problem else None
+
+
+def fit_to_machine(model_config) -> str | None:
+  """A trained workdir's (unlocked) `config.model`, for this machine: `runtime` options
+  it refuses (cuDNN on a CPU) go back to their defaults, which compute the same model.
+
+  Returns:
+    What was changed, for the log; None when nothing was.
+  """
+  problem = machine_error(model_config)
+  if not problem:
+    return None
+  name = model_config.name
+  values, changed = model_config.options[name], []
+  for key, option in CELLS[name].OPTIONS.items():
+    if option.runtime and values[key] != option.default:
+      changed.append(f"{key}={values[key]!r} -> {option.default!r}")
+      values[key] = option.default
+  if not changed:  # Not a runtime option's doing: validation names the problem.
+    return None
+  why = problem.split(": ", 1)[1].split(";")[0]
+  return (f"config.model.options.{name}: {', '.join(changed)} on this machine "
+          f"({why}); the parameters are the same.")
 
 
 def check_model(model_config, search_dirs: Sequence[str] = ()) -> None:
@@ -66,7 +112,7 @@ def check_model(model_config, search_dirs: Sequence[str] = ()) -> None:
   if name not in CELLS:
     raise ConfigError(f"config.model.name={name!r} is not valid; choose one of: "
                       f"{', '.join(sorted(CELLS))}, or give {external.EXPECTED}.")
-  check_options(name, model_config.options[name].to_dict())
+  check_options(name, model_config.options[name].to_dict(), model_config)
 
 
 def complete_model(model_config, search_dirs: Sequence[str]) -> None:

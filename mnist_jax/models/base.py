@@ -64,12 +64,17 @@ class Option:
     valid: value -> bool; None accepts anything of `type`.
     requirement: what a valid value is, for the error message ("at least 3 or None").
     kind: the value's type (needed when `default` is None, for command-line overrides).
+    runtime: how the cell computes, not what: parameters and checkpoints do not depend
+      on it, so a workdir resumes and evaluates with another value (not part of the
+      run's identity, workdir.py), and one this machine refuses (`machine_error`)
+      falls back to the default when a trained workdir is opened here.
   """
   default: Any
   help: str
   valid: Callable[[Any], bool] | None = None
   requirement: str = ""
   kind: type | None = None
+  runtime: bool = False
 
   def value_type(self) -> type:
     return self.kind or type(self.default)
@@ -104,6 +109,20 @@ class HasOptions:
   @classmethod
   def options_error(cls, values: dict[str, Any]) -> str | None:
     """What is wrong with a combination of valid option values (None: nothing)."""
+    del values
+    return None
+
+  @classmethod
+  def model_error(cls, values: dict[str, Any], model: Any) -> str | None:
+    """What is wrong with the option values beside the rest of `config.model` (its
+    dtype, remat, layers...); None: nothing."""
+    del values, model
+    return None
+
+  @classmethod
+  def machine_error(cls, values: dict[str, Any]) -> str | None:
+    """Why this machine cannot run the option values (None: it can). Only `runtime`
+    options may be refused here. Must start no JAX backend (see cudnn_lstm.py)."""
     del values
     return None
 

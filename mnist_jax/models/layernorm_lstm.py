@@ -29,9 +29,12 @@ class LayerNormLSTM(LSTM):
   """
   recurrent_norm_init: float = 0.1
 
-  OPTIONS = {**LSTM.OPTIONS, "recurrent_norm_init": Option(
-      0.1, "Initial scale gamma_h of the normalised recurrent term.", is_positive,
-      "a positive number")}
+  # LSTM's own but "implementation": cuDNN runs only the plain LSTM's recurrence.
+  OPTIONS = {
+      **{k: v for k, v in LSTM.OPTIONS.items() if k != "implementation"},
+      "recurrent_norm_init": Option(
+          0.1, "Initial scale gamma_h of the normalised recurrent term.", is_positive,
+          "a positive number")}
 
   def setup(self):
     super().setup()

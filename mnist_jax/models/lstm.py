@@ -5,8 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax.models import cudnn_lstm
 from mnist_jax.models.base import (Option, RecurrentCell, fused_sigmoid_tanh,
                                    is_positive_int)
+
+IMPLEMENTATIONS = ("scan", "cudnn")
 
 
 class LSTM(RecurrentCell):
@@ -26,15 +29,49 @@ class LSTM(RecurrentCell):
 
   Attributes:
     chrono_max_timescale: T for chrono initialisation; None keeps forget bias 1.
+    implementation: "scan" (`RecurrentCell.__call__`, any backend) or "cudnn" (cuDNN's
+      fused LSTM on a CUDA GPU, same parameters: `cudnn_lstm.py`).
   """
   chrono_max_timescale: int | None = None
+  implementation: str = "scan"
 
   num_gates = 4
-  OPTIONS = {"chrono_max_timescale": Option(
-      None, "Chrono init of the forget/input biases for memories up to this many "
-      "steps (e.g. 784 for pixel sequences); None: forget bias 1.",
-      lambda v: v is None or (is_positive_int(v) and v >= 3),
-      "an integer of at least 3 (the longest memory in steps), or None", int)}
+  OPTIONS = {
+      "chrono_max_timescale": Option(
+          None, "Chrono init of the forget/input biases for memories up to this many "
+          "steps (e.g. 784 for pixel sequences); None: forget bias 1.",
+          lambda v: v is None or (is_positive_int(v) and v >= 3),
+          "an integer of at least 3 (the longest memory in steps), or None", int),
+      "implementation": Option(
+          "scan", "How the layer runs: 'scan' (jax.lax.scan, any backend) or 'cudnn' "
+          "(cuDNN's LSTM via jax.experimental.rnn, CUDA GPUs only; float32, no "
+          "remat). Same parameters: a workdir trained with one runs with the other.",
+          lambda v: v in IMPLEMENTATIONS, "'scan' or 'cudnn'", runtime=True),
+  }
+
+  @classmethod
+  def model_error(cls, values, model):
+    if values.get("implementation") != "cudnn":
+      return None
+    return cudnn_lstm.config_error(model)
+
+  @classmethod
+  def machine_error(cls, values):
+    if values.get("implementation") != "cudnn":
+      return None
+    return cudnn_lstm.machine_error()
+
+  def __call__(self, inputs, reverse=False):
+    """[batch, time, features] -> [batch, time, hidden], by `implementation`."""
+    if self.implementation != "cudnn":
+      return super().__call__(inputs, reverse)
+    if type(self).recurrence is not LSTM.recurrence:  # cuDNN knows only this one.
+      raise ValueError(f"{type(self).__name__} changes the LSTM recurrence; cuDNN runs "
+                       f"the plain LSTM only: use implementation='scan'.")
+    self.input(inputs[:, :0])  # Creates input/kernel and input/bias, as the scan does.
+    dense = self.input.variables["params"]
+    return cudnn_lstm.lstm_layer(inputs, dense["kernel"], dense["bias"],
+                                 self.recurrent_kernel, reverse)
 
   def input_bias_init(self, key, shape, dtype=jnp.float32):
     hidden = shape[0] // 4

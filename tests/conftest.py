@@ -118,3 +118,23 @@ data.train_batches = _slow
 from mnist_jax.main import run
 run()
 """
+
+
+# Files whose tests share a module-scoped fixture (a trained workdir, a cluster): with
+# pytest-xdist (`--dist loadgroup`, pyproject.toml) each runs whole on one worker, so
+# the fixture is built once; every other test is scheduled on its own.
+_ONE_WORKER = ("test_api_docs.py", "test_benchmark.py", "test_cli.py",
+               "test_distributed.py", "test_ema.py", "test_end_to_end.py",
+               "test_faults.py", "test_population.py", "test_predict.py",
+               "test_slurm.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Slow tests first, so that the workers end together rather than one of them
+  finishing a long test alone; and the file groups above."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  for item in items:
+    if item.path.name in _ONE_WORKER:
+      item.add_marker(pytest.mark.xdist_group(item.path.stem))

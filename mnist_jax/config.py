@@ -185,8 +185,8 @@ def from_experiment(path: str) -> ml_collections.ConfigDict:
   return load_experiment(path).get_config()
 
 
-# Folders of the experiment files `load_experiment` loaded: a cell module named in
-# model.name ("my_cells:MyCell") may sit beside its experiment file.
+# Folders of the experiment files `load_experiment` loaded, the latest first: a cell
+# module named in model.name ("my_cells:MyCell") may sit beside its experiment file.
 _EXPERIMENT_DIRS: list[str] = []
 
 
@@ -209,8 +209,7 @@ def load_experiment(path: str) -> types.ModuleType:
   if not os.path.isfile(path):
     raise ConfigError(f"experiment config file {path} does not exist.")
   folder = os.path.dirname(os.path.abspath(path))
-  if folder not in _EXPERIMENT_DIRS:
-    _EXPERIMENT_DIRS.append(folder)
+  _EXPERIMENT_DIRS[:] = [folder] + [d for d in _EXPERIMENT_DIRS if d != folder]
   module_name = "_mnist_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)

@@ -139,10 +139,3 @@ def pytest_collection_modifyitems(config, items):
     if item.path.name in _ONE_WORKER:
       item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
-
-def pytest_xdist_auto_num_workers(config):
-  """`-n auto`: one worker more than the usable cores (at most 4): many tests spend
-  seconds waiting (on a subprocess reaching a step, a SLURM queue, a lock), time in
-  which another worker can compute."""
-  del config
-  return min(4, len(os.sched_getaffinity(0)) + 1)

@@ -16,6 +16,9 @@ from absl import flags
 from absl import logging
 
 _HELP = ("--help", "-h", "-?", "--helpshort")
+# JAX's persistent compilation cache: $MNIST_JAX_COMPILATION_CACHE, else this.
+DEFAULT_COMPILATION_CACHE = os.environ.get("MNIST_JAX_COMPILATION_CACHE",
+                                           "~/.cache/mnist_jax/jax_compilation_cache")
 
 
 def flags_parser(doc: str) -> Callable[[list[str]], list[str]]:

@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mnist_jax import cli  # Light: JAX loads after the flags parse.
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (see experiments/).", lock_config=True)
@@ -41,8 +43,7 @@ flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT o
                     "TPU VM or $JAX_COORDINATOR_ADDRESS; see docs/distributed.md).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
-flags.DEFINE_string("compilation_cache", os.environ.get(
-    "MNIST_JAX_COMPILATION_CACHE", "~/.cache/mnist_jax/jax_compilation_cache"),
+flags.DEFINE_string("compilation_cache", cli.DEFAULT_COMPILATION_CACHE,
                     "Folder for JAX's persistent compilation cache: a rerun of a model "
                     "skips XLA compilation. Empty: off. Default from "
                     "$MNIST_JAX_COMPILATION_CACHE when set.")
@@ -56,7 +57,6 @@ flags.register_validator("workdir", lambda value: value is None or bool(value.st
 
 
 def main(argv):
-  from mnist_jax import cli  # After flags parse: keeps --help fast.
   from mnist_jax.errors import UserError
   try:
     cli.setup(FLAGS.compilation_cache, FLAGS.cpu_devices, FLAGS.coordinator_address,
@@ -72,7 +72,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (`mnist-jax`)."""
-  from mnist_jax import cli, hugepages
+  from mnist_jax import hugepages
   cli.refuse_if_busy(sys.argv)  # In a second, before the config loads the models.
   hugepages.relaunch_with_huge_pages()  # Long sequences on CPU (see hugepages.py).
   app.run(main, flags_parser=cli.flags_parser(__doc__))

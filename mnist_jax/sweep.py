@@ -86,9 +86,7 @@ def main(argv):
                    if FLAGS.config else None)
     if FLAGS.population and not FLAGS.summary_only:
       # This process trains: set up as `mnist-jax --cpu_devices=1` (main's cache).
-      cache = os.environ.get("MNIST_JAX_COMPILATION_CACHE",
-                             "~/.cache/mnist_jax/jax_compilation_cache")
-      cli.setup(cache, 1, None, None, None)
+      cli.setup(cli.DEFAULT_COMPILATION_CACHE, 1, None, None, None)
     return sweeps.run_sweep(config_path, FLAGS.config, FLAGS.workdir, FLAGS.sweep,
                             FLAGS.parallel, common=cli.config_overrides(sys.argv),
                             summary_only=FLAGS.summary_only, launcher=FLAGS.launcher,

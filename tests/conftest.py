@@ -9,6 +9,7 @@ $MNIST_JAX_COMPILATION_CACHE, both by default under the repository's .pytest_cac
 (kept between runs; delete it to start afresh). Nothing needs the network.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -139,3 +140,15 @@ def pytest_collection_modifyitems(config, items):
     if item.path.name in _ONE_WORKER:
       item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
+
+
+def metric_rows(workdir) -> dict[tuple[int, str], dict]:
+  """WORKDIR/metrics.jsonl as {(step, split): row without examples_per_sec}; asserts
+  each (step, split) is logged once."""
+  rows = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    key = (record["step"], record["split"])
+    assert key not in rows, f"{key} logged twice in {workdir}"
+    rows[key] = {k: v for k, v in record.items() if k != "examples_per_sec"}
+  return rows

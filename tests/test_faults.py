@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, SLOW_MAIN, run_main, tiny_config
+from conftest import REPO, SLOW_MAIN, metric_rows, run_main, tiny_config
 from mnist_jax import checkpoints
 from mnist_jax import data
 from mnist_jax import evaluate
@@ -133,17 +133,6 @@ def _records(workdir, split) -> dict[int, dict]:
 
 
 _TIMING = ("examples_per_sec",)
-
-
-def _metric_rows(workdir) -> dict[tuple[int, str], dict]:
-  """metrics.jsonl as {(step, split): row without timing fields}; one row each."""
-  rows = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    key = (record["step"], record["split"])
-    assert key not in rows, f"{key} logged twice"
-    rows[key] = {k: v for k, v in record.items() if k not in _TIMING}
-  return rows
 
 
 def _tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
@@ -267,7 +256,7 @@ def test_sigkill_at_random_steps_resumes_to_identical_result(
   test_metrics = json.loads(_test_metrics_file(workdir).read_text())
   _assert_same_as_reference(workdir, reference, test_metrics)
   # The logs match the checkpoints: one row per (step, split), as if never killed.
-  assert _metric_rows(workdir) == _metric_rows(reference["workdir"])
+  assert metric_rows(workdir) == metric_rows(reference["workdir"])
   assert _tensorboard_scalars(workdir) == _tensorboard_scalars(reference["workdir"])
 
 
@@ -289,7 +278,7 @@ def test_sigkill_at_random_moments_keeps_one_metrics_row_per_step(
   assert proc.returncode == 0, proc.stderr[-3000:]
   _assert_same_as_reference(workdir, reference,
                             json.loads(_test_metrics_file(workdir).read_text()))
-  assert _metric_rows(workdir) == _metric_rows(reference["workdir"])
+  assert metric_rows(workdir) == metric_rows(reference["workdir"])
   assert _tensorboard_scalars(workdir) == _tensorboard_scalars(reference["workdir"])
 
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, one_line_error, run_main, tiny_config
+from conftest import REPO, metric_rows, one_line_error, run_main, tiny_config
 from mnist_jax import checkpoints
 from mnist_jax import data
 from mnist_jax import population
@@ -46,7 +46,6 @@ SEEDS = (0, 1, 2)
 RUN = {"num_epochs": 5, "early_stopping_patience": 1, "checkpoint_every_steps": 4}
 FINAL_STEPS = {0: 30, 1: 24, 2: 24}
 PARAMS_TOL, PROBS_TOL = 1e-5, 1e-4
-_TIMING = ("examples_per_sec",)
 # One step, population against lone: float32 matmuls on a GPU may round through TF32.
 STEP_TOL = 1e-6 if jax.default_backend() == "cpu" else 1e-4
 
@@ -84,17 +83,6 @@ def _state(workdir, step=None) -> dict:
 def _max_diff(a: dict, b: dict) -> float:
   return max(float(np.abs(x.astype(np.float64) - y).max())
              for x, y in zip(a["leaves"], b["leaves"]))
-
-
-def _rows(workdir) -> dict:
-  """metrics.jsonl as {(step, split): row without timing}; each (step, split) once."""
-  rows = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    row = json.loads(line)
-    key = (row["step"], row["split"])
-    assert key not in rows, f"{key} logged twice in {workdir}"
-    rows[key] = {k: v for k, v in row.items() if k not in _TIMING}
-  return rows
 
 
 def _test_eval(workdir) -> tuple[dict, np.ndarray]:
@@ -137,7 +125,7 @@ def test_members_equal_their_lone_runs(pop, lone):
     assert (a["step"], a["steps"]) == (b["step"], b["steps"])
     assert a["step"] == FINAL_STEPS[seed]
     assert _max_diff(a, b) < PARAMS_TOL, (seed, _max_diff(a, b))
-    rows, lone_rows = _rows(member), _rows(alone)
+    rows, lone_rows = metric_rows(member), metric_rows(alone)
     assert rows.keys() == lone_rows.keys()
     for key, row in rows.items():
       for name, value in row.items():
@@ -309,7 +297,7 @@ def test_sigkill_then_resume_from_the_oldest_common_step(pop, tmp_path, tfds_dir
     assert a["steps"] == b["steps"]
     for x, y in zip(a["leaves"], b["leaves"]):
       np.testing.assert_array_equal(x, y)
-    assert _rows(member) == _rows(reference)
+    assert metric_rows(member) == metric_rows(reference)
     assert _test_eval(member)[0] == _test_eval(reference)[0]
 
 

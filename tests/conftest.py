@@ -127,7 +127,7 @@ run()
 _ONE_WORKER = ("test_api_docs.py", "test_benchmark.py", "test_cli.py",
                "test_distributed.py", "test_ema.py", "test_end_to_end.py",
                "test_faults.py", "test_population.py", "test_predict.py",
-               "test_slurm.py")
+               "test_slurm.py", "test_xdist_groups.py")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -140,6 +140,16 @@ def pytest_collection_modifyitems(config, items):
     if item.path.name in _ONE_WORKER:
       item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
+
+
+def quick_subset(cases, keep) -> list:
+  """`cases` for `pytest.mark.parametrize`, those not in `keep` marked slow: the quick
+  subset (`-m "not slow"`) checks a contract on the representatives in `keep`, the full
+  suite on every case. A case is one value, or a tuple of the arguments."""
+  return [case if case in keep else
+          pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                       marks=pytest.mark.slow)
+          for case in cases]
 
 
 def metric_rows(workdir) -> dict[tuple[int, str], dict]:

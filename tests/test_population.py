@@ -143,6 +143,7 @@ def test_members_equal_their_lone_runs(pop, lone):
   assert len({_state(pop / f"seed={s}")["step"] for s in SEEDS}) == 2
 
 
+@pytest.mark.slow
 def test_the_step_equals_the_lone_step_and_leaves_inactive_members_alone(
     make_tiny_config):
   """With dropout and shift augmentation: each member draws its own lone run's keys."""

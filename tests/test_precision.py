@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import quick_subset
 from mnist_jax import config as config_lib
 from mnist_jax import data
 from mnist_jax import models
@@ -26,6 +27,7 @@ VARIANTS = [(name, ()) for name in sorted(models.CELLS)] + [
     ("min_gru", (("mode", "parallel"),)),
     ("min_lstm", (("mode", "parallel"),)),
     ("flax:LSTMCell", ()), ("flax:GRUCell", ()), ("flax:SimpleCell", ())]
+QUICK = [("lstm", ()), ("lru", (("scan", "sequential"),))]  # The quick subset's cases.
 IDS = [name + "".join(f"-{v}" for _, v in options) for name, options in VARIANTS]
 
 
@@ -44,6 +46,16 @@ def _inputs_and_loss():
   def loss(layer, params):
     return jnp.sum(weights * layer.apply({"params": params}, x).astype(jnp.float32))
   return x, loss
+
+
+def _init(layer: nn.Module, x: jax.Array):
+  """The layer's parameters, initialised in one compiled program: run op by op, the
+  LRU's associative scan costs seconds of dispatch per shape."""
+  return jax.jit(layer.init)(jax.random.key(1), x)["params"]
+
+
+def _grad(loss, layer: nn.Module, params):
+  return jax.jit(jax.grad(functools.partial(loss, layer)))(params)
 
 
 def _flat(tree) -> jax.Array:
@@ -87,23 +99,23 @@ def _primitive_names(jaxpr) -> set:
   return names
 
 
-@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,options", quick_subset(VARIANTS, keep=QUICK), ids=IDS)
 def test_bfloat16_runs_forward_and_backward_close_to_float32(name, options):
   """float32 parameters, bfloat16 outputs, finite float32 gradients, both within a few
   bfloat16 roundings (2^-8 = 0.4%) of float32's. Norm-wise over all entries: a ReLU or
   minGRU's g() near its kink can flip one unit's slope under any rounding."""
   x, loss = _inputs_and_loss()
   full, half = _layer(name, options), _layer(name, options, dtype=jnp.bfloat16)
-  params = half.init(jax.random.key(1), x)["params"]
+  params = _init(half, x)
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("float32")}
-  outputs = half.apply({"params": params}, x)
+  outputs = jax.jit(half.apply)({"params": params}, x)
   assert outputs.dtype == jnp.bfloat16 and outputs.shape == (BATCH, TIME, HIDDEN)
-  reference = full.apply({"params": params}, x)
+  reference = jax.jit(full.apply)({"params": params}, x)
   assert _relative_error(outputs.astype(jnp.float32), reference) < 2e-2
-  grads = jax.grad(functools.partial(loss, half))(params)
+  grads = _grad(loss, half, params)
   assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
   assert bool(jnp.all(jnp.isfinite(_flat(grads))))
-  want = _flat(jax.grad(functools.partial(loss, full))(params))
+  want = _flat(_grad(loss, full, params))
   assert _relative_error(_flat(grads), want) < 4e-2
 
 
@@ -121,7 +133,7 @@ def test_bfloat16_keeps_the_carry_and_the_summed_weight_gradients_float32(name,
   weights are cast inside the loop body)."""
   x, loss = _inputs_and_loss()
   layer = _layer(name, options, dtype=jnp.bfloat16)
-  params = layer.init(jax.random.key(1), x)["params"]
+  params = _init(layer, x)
   forward = jax.make_jaxpr(lambda p: layer.apply({"params": p}, x))(params).jaxpr
   backward = jax.make_jaxpr(jax.grad(functools.partial(loss, layer)))(params).jaxpr
   allowed = {"float32", "complex64"}
@@ -129,12 +141,12 @@ def test_bfloat16_keeps_the_carry_and_the_summed_weight_gradients_float32(name,
   assert _scan_carry_dtypes(backward) <= allowed, _scan_carry_dtypes(backward)
 
 
-@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,options", quick_subset(VARIANTS, keep=QUICK), ids=IDS)
 def test_remat_gives_the_same_gradients_and_is_in_the_program(name, options):
   x, loss = _inputs_and_loss()
   plain, remat = _layer(name, options), _layer(name, options, remat=True)
-  params = plain.init(jax.random.key(1), x)["params"]
-  grads = [jax.grad(functools.partial(loss, layer))(params) for layer in (plain, remat)]
+  params = _init(plain, x)
+  grads = [_grad(loss, layer, params) for layer in (plain, remat)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                *grads)
   programs = [_primitive_names(jax.make_jaxpr(jax.grad(functools.partial(
@@ -143,6 +155,7 @@ def test_remat_gives_the_same_gradients_and_is_in_the_program(name, options):
   assert not any(map(is_remat, programs[0])) and any(map(is_remat, programs[1]))
 
 
+@pytest.mark.slow
 def test_a_bfloat16_train_step_keeps_float32_parameters_state_and_loss():
   """Through the config: logits and loss float32, parameters and optimizer state
   float32, the step finite, and its loss within bfloat16 rounding of float32's."""

@@ -33,8 +33,7 @@ DATASETS = ("mnist", "fashion_mnist")
 SEQUENCE_MODES = ("rows", "pixels", "permuted_pixels")
 PERMUTATIONS = ("random", "bit_reversal")
 READOUTS = ("last", "mean", "max")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+OPTIMIZERS, SCHEDULES = config_checks.OPTIMIZERS, config_checks.SCHEDULES  # + rules.
 EVAL_CHECKPOINTS = ("best", "latest")
 
 
@@ -298,7 +297,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_run(config)
   _validate_data(config.data)
   _validate_model(config.model, config.data.name)
-  _validate_optimizer(config.optimizer, config.num_epochs)
+  config_checks.validate_optimizer(config.optimizer, config.num_epochs)
   config_checks.validate_numerics(config)  # dtype, remat, EMA, eval_params.
   from mnist_jax import wandb_writer  # Does not import wandb.
   wandb_writer.validate(config.wandb)
@@ -366,33 +365,3 @@ def _validate_model(model: ml_collections.ConfigDict, dataset: str) -> None:
   if not isinstance(model.dropout, _NUMBER) or not 0.0 <= model.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={model.dropout!r} must be in [0, 1).")
   _choice(model.readout, "model.readout", READOUTS)
-
-
-def _validate_optimizer(opt: ml_collections.ConfigDict, num_epochs: int) -> None:
-  _choice(opt.name, "optimizer.name", OPTIMIZERS)
-  _choice(opt.schedule, "optimizer.schedule", SCHEDULES)
-  _positive(opt.learning_rate, "optimizer.learning_rate", _NUMBER)
-  _positive(opt.warmup_epochs, "optimizer.warmup_epochs", _NUMBER, allow_zero=True)
-  _positive(opt.weight_decay, "optimizer.weight_decay", _NUMBER, allow_zero=True)
-  _positive(opt.end_learning_rate_factor, "optimizer.end_learning_rate_factor",
-            _NUMBER, allow_zero=True)
-  if not isinstance(opt.momentum, _NUMBER) or not 0.0 <= opt.momentum < 1.0:
-    raise ConfigError(f"config.optimizer.momentum={opt.momentum!r} must be in [0, 1).")
-  if not isinstance(opt.label_smoothing, _NUMBER) or not 0 <= opt.label_smoothing < 1:
-    raise ConfigError("config.optimizer.label_smoothing must be in [0, 1).")
-  if opt.grad_clip_norm is not None:
-    _positive(opt.grad_clip_norm, "optimizer.grad_clip_norm", _NUMBER)
-  if opt.warmup_epochs and opt.warmup_epochs >= num_epochs:
-    raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be "
-                      f"shorter than num_epochs={num_epochs}.")
-  if opt.weight_decay and opt.name != "adamw":
-    raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
-                      "set optimizer.name='adamw' or weight_decay=0.")
-  _positive(opt.recurrent_lr_factor, "optimizer.recurrent_lr_factor", _NUMBER)
-  if opt.recurrent_weight_decay is not None:
-    _positive(opt.recurrent_weight_decay, "optimizer.recurrent_weight_decay", _NUMBER,
-              allow_zero=True)
-    if opt.name != "adamw":
-      raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
-                        "adamw; set optimizer.name='adamw' or unset it.")
-

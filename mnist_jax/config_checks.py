@@ -1,4 +1,4 @@
-"""Value checks for `config.validate`; the rules of the precision, remat and EMA keys.
+"""Value checks for `config.validate`: the precision, remat, EMA and optimizer rules.
 
 Kept out of config.py (which declares every key) so that file stays a readable list of
 keys. Nothing here imports the rest of the package: config.py imports this module.
@@ -10,6 +10,9 @@ from typing import Any
 from mnist_jax.errors import ConfigError
 
 NUMBER = (int, float)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")  # config.optimizer.name
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")  # .schedule
 
 # config.model.dtype: the compute dtype of the matmuls and layer outputs (parameters,
 # recurrent state, layer-norm statistics and the loss stay float32; models/base.py).
@@ -77,3 +80,34 @@ def validate_numerics(config) -> None:
     if config.eval_params == "ema" and decay == 0:
       raise ConfigError("config.eval_params='ema' needs a parameter EMA; set "
                         "optimizer.ema_decay (e.g. 0.999) or eval_params='raw'.")
+
+
+def validate_optimizer(opt, num_epochs: int) -> None:
+  """config.optimizer's values (`num_epochs`: the run's, for the warmup)."""
+  choice(opt.name, "optimizer.name", OPTIMIZERS)
+  choice(opt.schedule, "optimizer.schedule", SCHEDULES)
+  positive(opt.learning_rate, "optimizer.learning_rate", NUMBER)
+  positive(opt.warmup_epochs, "optimizer.warmup_epochs", NUMBER, allow_zero=True)
+  positive(opt.weight_decay, "optimizer.weight_decay", NUMBER, allow_zero=True)
+  positive(opt.end_learning_rate_factor, "optimizer.end_learning_rate_factor",
+            NUMBER, allow_zero=True)
+  if not isinstance(opt.momentum, NUMBER) or not 0.0 <= opt.momentum < 1.0:
+    raise ConfigError(f"config.optimizer.momentum={opt.momentum!r} must be in [0, 1).")
+  if not isinstance(opt.label_smoothing, NUMBER) or not 0 <= opt.label_smoothing < 1:
+    raise ConfigError("config.optimizer.label_smoothing must be in [0, 1).")
+  if opt.grad_clip_norm is not None:
+    positive(opt.grad_clip_norm, "optimizer.grad_clip_norm", NUMBER)
+  if opt.warmup_epochs and opt.warmup_epochs >= num_epochs:
+    raise ConfigError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be "
+                      f"shorter than num_epochs={num_epochs}.")
+  if opt.weight_decay and opt.name != "adamw":
+    raise ConfigError("config.optimizer.weight_decay is only used by adamw; "
+                      "set optimizer.name='adamw' or weight_decay=0.")
+  positive(opt.recurrent_lr_factor, "optimizer.recurrent_lr_factor", NUMBER)
+  if opt.recurrent_weight_decay is not None:
+    positive(opt.recurrent_weight_decay, "optimizer.recurrent_weight_decay", NUMBER,
+              allow_zero=True)
+    if opt.name != "adamw":
+      raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
+                        "adamw; set optimizer.name='adamw' or unset it.")
+

@@ -124,7 +124,7 @@ def complete_model(model_config, search_dirs: Sequence[str]) -> None:
 
 def cell_layer(model_config) -> tuple[type[HasOptions], tuple[tuple[str, Any], ...]]:
   """The layer class `config.model` names and its constructor options, (name, value)
-  pairs (for a flax cell: the adapter, `external.FlaxCellLayer`)."""
+  pairs (for a flax cell: the adapter, `flax_layer.FlaxCellLayer`)."""
   if external.is_import_path(model_config.name):
     return external.layer(model_config)
   options = model_config.options[model_config.name]

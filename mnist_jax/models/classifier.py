@@ -20,7 +20,7 @@ class SequenceClassifier(nn.Module):
     cell: a `RecurrentCell` subclass, or any module with its interface: a
       constructor taking hidden_size, unroll, name and `cell_options`, and
       `__call__(inputs, reverse)`, [batch, time, features] -> [batch, time, hidden]
-      (e.g. `external.FlaxCellLayer`, which runs a flax cell).
+      (e.g. `flax_layer.FlaxCellLayer`, which runs a flax cell).
     hidden_size: units per direction.
     num_layers: stacked layers.
     bidirectional: add a time-reversed layer beside each forward one.

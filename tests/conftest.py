@@ -141,7 +141,6 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
-
 def quick_subset(cases, keep) -> list:
   """`cases` for `pytest.mark.parametrize`, those not in `keep` marked slow: the quick
   subset (`-m "not slow"`) checks a contract on the representatives in `keep`, the full

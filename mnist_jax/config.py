@@ -21,6 +21,7 @@ from ml_collections import config_dict
 
 from mnist_jax import config_checks
 from mnist_jax.config_checks import NUMBER as _NUMBER
+from mnist_jax.config_checks import OPTIMIZERS, SCHEDULES  # With their rule.
 from mnist_jax.config_checks import choice as _choice
 from mnist_jax.config_checks import positive as _positive
 from mnist_jax.errors import ConfigError
@@ -33,7 +34,6 @@ DATASETS = ("mnist", "fashion_mnist")
 SEQUENCE_MODES = ("rows", "pixels", "permuted_pixels")
 PERMUTATIONS = ("random", "bit_reversal")
 READOUTS = ("last", "mean", "max")
-OPTIMIZERS, SCHEDULES = config_checks.OPTIMIZERS, config_checks.SCHEDULES  # + rules.
 EVAL_CHECKPOINTS = ("best", "latest")
 
 

@@ -90,7 +90,7 @@ def validate_optimizer(opt, num_epochs: int) -> None:
   positive(opt.warmup_epochs, "optimizer.warmup_epochs", NUMBER, allow_zero=True)
   positive(opt.weight_decay, "optimizer.weight_decay", NUMBER, allow_zero=True)
   positive(opt.end_learning_rate_factor, "optimizer.end_learning_rate_factor",
-            NUMBER, allow_zero=True)
+           NUMBER, allow_zero=True)
   if not isinstance(opt.momentum, NUMBER) or not 0.0 <= opt.momentum < 1.0:
     raise ConfigError(f"config.optimizer.momentum={opt.momentum!r} must be in [0, 1).")
   if not isinstance(opt.label_smoothing, NUMBER) or not 0 <= opt.label_smoothing < 1:
@@ -106,8 +106,7 @@ def validate_optimizer(opt, num_epochs: int) -> None:
   positive(opt.recurrent_lr_factor, "optimizer.recurrent_lr_factor", NUMBER)
   if opt.recurrent_weight_decay is not None:
     positive(opt.recurrent_weight_decay, "optimizer.recurrent_weight_decay", NUMBER,
-              allow_zero=True)
+             allow_zero=True)
     if opt.name != "adamw":
       raise ConfigError("config.optimizer.recurrent_weight_decay is only used by "
                         "adamw; set optimizer.name='adamw' or unset it.")
-
